@@ -1,0 +1,3 @@
+from sepme_cli.app import main
+
+main()

@@ -1,0 +1,42 @@
+"""The `sepme` command: composes one module per command group."""
+
+from __future__ import annotations
+
+import typer
+
+from sepme_cli import base, store
+from sepme_cli._errors import SepmeGroup
+from sepme_engine import __version__
+
+app = typer.Typer(
+    cls=SepmeGroup,
+    name="sepme",
+    help="Separable multi-concept erasure for Stable Diffusion: erase, restore, compose, export.",
+    no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"sepme {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version."
+    ),
+) -> None:
+    """sepme: erase concepts from Stable Diffusion, restore them, export the result."""
+
+
+app.add_typer(base.app, name="base")
+app.add_typer(store.store_app, name="store")
+app.add_typer(store.config_app, name="config")
+
+
+def main() -> None:
+    app(prog_name="sepme")

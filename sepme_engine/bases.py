@@ -1,0 +1,451 @@
+"""Bases: add, list, show, remove, choose the default, and load them for the model code.
+
+Listing and showing never import torch: what they print comes from manifests (and, for the
+built-in toy base, from the shipped folder's JSON configs and safetensors headers).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sepme_engine import __version__
+from sepme_engine.errors import (
+    AlreadyExists,
+    InvalidInput,
+    NotFound,
+    PickleRefused,
+)
+from sepme_engine.store import BlobRef, Store, validate_name
+from sepme_engine.store.core import hash_file
+from sepme_engine.store.safetensors_header import read_header
+
+TOY = "toy"
+COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+# Well-known short names -> hub ids (used by `sepme base add sd15` with no SOURCE).
+KNOWN_BASES: dict[str, str] = {
+    "sd14": "CompVis/stable-diffusion-v1-4",
+    "sd15": "stable-diffusion-v1-5/stable-diffusion-v1-5",
+    "sd2-base": "stabilityai/stable-diffusion-2-base",
+    "sd2": "stabilityai/stable-diffusion-2",
+    "sd21-base": "stabilityai/stable-diffusion-2-1-base",
+    "sd21": "stabilityai/stable-diffusion-2-1",
+}
+
+
+@dataclass(frozen=True)
+class BaseInfo:
+    name: str
+    source_type: str  # builtin | diffusers | single_file | hub
+    origin: str  # where it came from (path or hub id)
+    linked: bool  # registered by reference instead of copied
+    base_digest: str
+    size: int
+    arch: str  # sd1 | sd2 | sd2-v
+    profile: str  # settings profile: "toy" for the toy base, else the arch
+    prediction_type: str
+    text_width: int
+    tokenizer_max_length: int
+    cross_attn_layers: tuple[tuple[str, tuple[int, int]], ...]
+    created: str
+    is_default: bool = False
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def builtin(self) -> bool:
+        return self.source_type == "builtin"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "source_type": self.source_type,
+            "origin": self.origin,
+            "linked": self.linked,
+            "base_digest": self.base_digest,
+            "size": self.size,
+            "arch": self.arch,
+            "profile": self.profile,
+            "prediction_type": self.prediction_type,
+            "text_width": self.text_width,
+            "tokenizer_max_length": self.tokenizer_max_length,
+            "cross_attn_layers": [[n, list(s)] for n, s in self.cross_attn_layers],
+            "created": self.created,
+            "is_default": self.is_default,
+            "notes": list(self.notes),
+        }
+
+
+@dataclass(frozen=True)
+class RemovalPlan:
+    base: str
+    increments: tuple[str, ...]
+    variants: tuple[str, ...]
+    dry_run: bool
+
+
+def now_iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def tree_digest(files: dict[str, BlobRef]) -> str:
+    listing = "\n".join(f"{rel}\t{ref.digest}" for rel, ref in sorted(files.items()))
+    return "sha256:" + hashlib.sha256(listing.encode("utf-8")).hexdigest()
+
+
+# -- reading a diffusers folder without torch ------------------------------------------------
+def _json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def diffusers_files(folder: Path, allow_pickle: bool = False) -> list[str]:
+    """The files of a pipeline folder sepme keeps (relative paths), safetensors preferred."""
+    folder = Path(folder)
+    out = ["model_index.json"]
+    for comp in COMPONENTS:
+        cdir = folder / comp
+        if not cdir.is_dir():
+            raise InvalidInput(
+                f"{folder} is not a Stable Diffusion pipeline folder: {comp}/ is missing",
+                hint="pass a diffusers StableDiffusionPipeline folder or a single .safetensors file",
+            )
+        files = sorted(p for p in cdir.rglob("*") if p.is_file() and not p.name.startswith("."))
+        has_st = any(p.suffix == ".safetensors" for p in files)
+        for p in files:
+            if p.suffix in PICKLE_SUFFIXES and p.suffix != ".safetensors":
+                if has_st:
+                    continue
+                if not allow_pickle:
+                    raise PickleRefused(
+                        f"{p} is a pickle file, which can run arbitrary code when loaded",
+                        hint="convert it to .safetensors, or pass --allow-pickle if you trust it "
+                        "(it is then loaded with weights_only=True)",
+                    )
+            if ".fp16." in p.name and any(q.name == p.name.replace(".fp16.", ".") for q in files):
+                continue
+            out.append(str(p.relative_to(folder)))
+    return out
+
+
+def summarize_diffusers_folder(folder: Path) -> dict[str, Any]:
+    """Architecture facts from configs and safetensors headers (no torch)."""
+    folder = Path(folder)
+    unet_cfg = _json(folder / "unet" / "config.json")
+    te_cfg = _json(folder / "text_encoder" / "config.json")
+    sched_dir = folder / "scheduler"
+    sched_cfg = _json(next(sched_dir.glob("*.json")))
+    tok_cfg_path = folder / "tokenizer" / "tokenizer_config.json"
+    tok_cfg = _json(tok_cfg_path) if tok_cfg_path.exists() else {}
+    layers: list[tuple[str, tuple[int, int]]] = []
+    for st in sorted((folder / "unet").glob("*.safetensors")):
+        header, _ = read_header(st)
+        for key, info in header.items():
+            if ".attn2.to_k.weight" in key or ".attn2.to_v.weight" in key:
+                out_f, in_f = info["shape"]
+                layers.append((key[: -len(".weight")], (int(out_f), int(in_f))))
+        break
+    width = int(te_cfg.get("hidden_size", unet_cfg.get("cross_attention_dim", 0)))
+    pred = str(sched_cfg.get("prediction_type", "epsilon"))
+    arch = "sd1" if te_cfg.get("hidden_act") == "quick_gelu" else "sd2"
+    if arch == "sd2" and pred == "v_prediction":
+        arch = "sd2-v"
+    return {
+        "arch": arch,
+        "prediction_type": pred,
+        "text_width": width,
+        "tokenizer_max_length": int(tok_cfg.get("model_max_length", 77)),
+        "cross_attn_layers": [[n, list(s)] for n, s in sorted(layers)],
+    }
+
+
+# -- the built-in toy base -------------------------------------------------------------------
+_TOY_CACHE: dict[str, BaseInfo] = {}
+
+
+def toy_folder() -> Path:
+    return Path(__file__).parent / "toy" / "weights"
+
+
+def toy_available() -> bool:
+    return (toy_folder() / "model_index.json").is_file()
+
+
+def _toy_info(default: str) -> BaseInfo:
+    folder = toy_folder()
+    key = str(folder)
+    if key not in _TOY_CACHE:
+        files = {rel: hash_file(folder / rel) for rel in diffusers_files(folder)}
+        summary = summarize_diffusers_folder(folder)
+        mtime = os.path.getmtime(folder / "model_index.json")
+        _TOY_CACHE[key] = BaseInfo(
+            name=TOY,
+            source_type="builtin",
+            origin=str(folder),
+            linked=True,
+            base_digest=tree_digest(files),
+            size=sum(r.size for r in files.values()),
+            arch=summary["arch"],
+            profile=TOY,
+            prediction_type=summary["prediction_type"],
+            text_width=summary["text_width"],
+            tokenizer_max_length=summary["tokenizer_max_length"],
+            cross_attn_layers=tuple((n, (s[0], s[1])) for n, s in summary["cross_attn_layers"]),
+            created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(mtime)),
+            notes=("built in: ships with sepme, trained on the toy world",),
+        )
+    info = _TOY_CACHE[key]
+    return _with_default(info, default)
+
+
+def _with_default(info: BaseInfo, default: str) -> BaseInfo:
+    from dataclasses import replace
+
+    return replace(info, is_default=(info.name == default))
+
+
+# -- manifests <-> BaseInfo ------------------------------------------------------------------
+def _info_from_manifest(data: dict[str, Any], default: str) -> BaseInfo:
+    return BaseInfo(
+        name=data["name"],
+        source_type=data["source_type"],
+        origin=data["origin"],
+        linked=bool(data.get("link")),
+        base_digest=data["base_digest"],
+        size=int(data["size"]),
+        arch=data["arch"],
+        profile=data.get("profile", data["arch"]),
+        prediction_type=data["prediction_type"],
+        text_width=int(data["text_width"]),
+        tokenizer_max_length=int(data["tokenizer_max_length"]),
+        cross_attn_layers=tuple((n, (int(s[0]), int(s[1]))) for n, s in data["cross_attn_layers"]),
+        created=data["created"],
+        is_default=data["name"] == default,
+        notes=tuple(data.get("notes", [])),
+    )
+
+
+def default_base_name(store: Store) -> str:
+    return str(store.read_state().get("default_base") or TOY)
+
+
+def list_bases(store: Store) -> list[BaseInfo]:
+    default = default_base_name(store)
+    out: list[BaseInfo] = []
+    if toy_available():
+        out.append(_toy_info(default))
+    for key in store.list_manifests("bases"):
+        out.append(_info_from_manifest(store.read_manifest("bases", key), default))
+    return out
+
+
+def not_found_base(name: str) -> NotFound:
+    if name in KNOWN_BASES:
+        hint = f"add it with `sepme base add {name}` (downloads {KNOWN_BASES[name]}) or `sepme base add {name} PATH`"
+    else:
+        hint = (
+            f"add one with `sepme base add {name} PATH`; `sepme base list` shows the bases you have"
+        )
+    return NotFound(f"no base {name!r} in the store", hint=hint)
+
+
+def get_base(store: Store, name: str | None = None) -> BaseInfo:
+    default = default_base_name(store)
+    name = name or default
+    if name == TOY and toy_available():
+        return _toy_info(default)
+    if not store.has_manifest("bases", name):
+        raise not_found_base(name)
+    return _info_from_manifest(store.read_manifest("bases", name), default)
+
+
+def use_base(store: Store, name: str) -> BaseInfo:
+    info = get_base(store, name)
+    store.write_state(default_base=name)
+    from dataclasses import replace
+
+    return replace(info, is_default=True)
+
+
+# -- adding ----------------------------------------------------------------------------------
+def add_base(
+    store: Store,
+    name: str,
+    source: str | None = None,
+    *,
+    link: bool = False,
+    allow_pickle: bool = False,
+    prediction_type: str | None = None,
+    force: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> BaseInfo:
+    """Register a base: a diffusers folder, an A1111/ComfyUI single file, or a hub id."""
+    validate_name(name, "base name")
+    if name == TOY:
+        raise AlreadyExists("'toy' is the built-in base", hint="choose another name")
+    if source is None:
+        if name not in KNOWN_BASES:
+            raise InvalidInput(
+                f"no SOURCE given and {name!r} is not a well-known base "
+                f"({', '.join(sorted(KNOWN_BASES))})",
+                hint=f"pass a path: `sepme base add {name} PATH`",
+            )
+        source = KNOWN_BASES[name]
+    if store.has_manifest("bases", name) and not force:
+        raise AlreadyExists(
+            f"a base named {name!r} exists already",
+            hint=f"choose another name, or `sepme base rm {name}` first (or pass --force)",
+        )
+    from sepme_engine.models.detect import inspect_source
+
+    src = inspect_source(source, prediction_type=prediction_type, allow_pickle=allow_pickle)
+    path = Path(src.path) if src.path else None
+    files: dict[str, BlobRef] = {}
+    link_info: dict[str, Any] | None = None
+    store.ensure()
+    if src.kind == "single_file":
+        assert path is not None
+        suffix = path.suffix.lower()
+        fname = "model.safetensors" if suffix == ".safetensors" else "model" + suffix
+        if link:
+            ref = hash_file(path)
+            link_info = {
+                "path": str(path.resolve()),
+                "size": ref.size,
+                "mtime": path.stat().st_mtime,
+            }
+            base_digest, size = ref.digest, ref.size
+            rel_files = {fname: ref}
+        else:
+            done = [0]
+            total = path.stat().st_size
+
+            def tick(n: int) -> None:
+                done[0] += n
+                if progress:
+                    progress(done[0], total)
+
+            files[fname] = store.put_blob_file(path, progress=tick)
+            base_digest, size = files[fname].digest, files[fname].size
+            rel_files = files
+    else:
+        assert path is not None
+        rels = diffusers_files(path, allow_pickle=allow_pickle)
+        total = sum((path / r).stat().st_size for r in rels)
+        done = [0]
+
+        def tick(n: int) -> None:
+            done[0] += n
+            if progress:
+                progress(done[0], total)
+
+        if link or src.kind == "hub":
+            rel_files = {r: hash_file(path / r, progress=tick) for r in rels}
+            link_info = {"path": str(path.resolve()), "size": total}
+        else:
+            files = {r: store.put_blob_file(path / r, progress=tick) for r in rels}
+            rel_files = files
+        base_digest = tree_digest(rel_files)
+        size = sum(r.size for r in rel_files.values())
+    manifest: dict[str, Any] = {
+        "kind": "base",
+        "name": name,
+        "source_type": src.kind,
+        "origin": str(source),
+        "base_digest": base_digest,
+        "size": size,
+        "format": "single_file" if src.kind == "single_file" else "diffusers",
+        "arch": src.arch,
+        "profile": src.arch,
+        "prediction_type": src.prediction_type,
+        "text_width": src.text_width,
+        "tokenizer_max_length": src.tokenizer_max_length,
+        "cross_attn_layers": [[n, list(s)] for n, s in src.cross_attn_layers],
+        "created": now_iso(),
+        "sepme_version": __version__,
+        "notes": list(src.notes),
+    }
+    if link_info is not None:
+        manifest["link"] = link_info
+        manifest["link_files"] = {r: ref.digest for r, ref in rel_files.items()}
+    else:
+        manifest["files"] = {r: ref.to_json() for r, ref in files.items()}
+    store.write_manifest("bases", name, manifest)
+    return get_base(store, name)
+
+
+# -- removing ---------------------------------------------------------------------------------
+def remove_base(store: Store, name: str, *, dry_run: bool = False) -> RemovalPlan:
+    if name == TOY:
+        raise InvalidInput(
+            "the built-in toy base cannot be removed", hint="remove its increments with `sepme rm`"
+        )
+    get_base(store, name)
+    incs = tuple(store.list_manifests("increments", name))
+    variants = tuple(store.list_manifests("variants", name))
+    plan = RemovalPlan(
+        name,
+        tuple(k.split("/", 1)[1] for k in incs),
+        tuple(v.split("/", 1)[1] for v in variants),
+        dry_run,
+    )
+    if dry_run:
+        return plan
+    with store.locked():
+        for key in incs:
+            store.delete_manifest("increments", key)
+        for key in variants:
+            store.delete_manifest("variants", key)
+        if store.has_manifest("compositions", name):
+            store.delete_manifest("compositions", name)
+        store.delete_manifest("bases", name)
+        if default_base_name(store) == name:
+            store.write_state(default_base=TOY)
+    return plan
+
+
+# -- loading (torch) --------------------------------------------------------------------------
+def base_location(store: Store, info: BaseInfo) -> tuple[str, Path]:
+    """(format, path) the model loader reads: a folder for diffusers, a file for single files."""
+    if info.builtin:
+        return "diffusers", Path(info.origin)
+    data = store.read_manifest("bases", info.name)
+    fmt = data.get("format", "diffusers")
+    if data.get("link"):
+        path = Path(data["link"]["path"])
+        if not path.exists():
+            raise NotFound(
+                f"the linked source of base {info.name!r} is gone: {path}",
+                hint=f"put it back, or `sepme base rm {info.name}` and add it again",
+            )
+        return fmt, path
+    files = {r: BlobRef.from_json(v) for r, v in data["files"].items()}
+    view = store.view(info.base_digest.split(":", 1)[1], files)
+    if fmt == "single_file":
+        return fmt, view / next(iter(files))
+    return fmt, view
+
+
+def load_base(
+    store: Store, name: str | None = None, *, device: Any = "cpu", dtype: Any = None
+) -> Any:
+    """Load a base as a diffusers StableDiffusionPipeline (frozen, eval mode)."""
+    from sepme_engine.models.load import load_pipeline
+
+    info = get_base(store, name)
+    fmt, path = base_location(store, info)
+    kwargs: dict[str, Any] = {"device": device}
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    return load_pipeline(
+        path,
+        "single_file" if fmt == "single_file" else "diffusers",
+        arch=info.arch,
+        prediction_type=info.prediction_type,
+        **kwargs,
+    )

@@ -1,0 +1,179 @@
+"""Effective settings: built-in defaults < config.toml in the store root < command-line options.
+
+# $SEPME_HOME/config.toml
+device = "auto"          # auto | cpu | cuda | mps
+dtype = "auto"           # frozen weights on GPU: auto | fp32 | fp16 | bf16
+[erase]                  # SepME hyper-parameters for every base
+lr = 0.01
+[erase.toy]              # ... or for one architecture (toy, sd1, sd2, sd2-v)
+steps = 200
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sepme_engine.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+TOP_KEYS: dict[str, type] = {"device": str, "dtype": str, "default_base": str}
+ERASE_KEYS: dict[str, type] = {
+    "steps": int,
+    "lr": float,
+    "tau": float,
+    "lam": float,
+    "beta": float,
+    "alpha": float,
+    "images": int,
+    "image_steps": int,
+    "image_guidance": float,
+    "batch_size": int,
+    "seed": int,
+}
+ARCHES = ("toy", "sd1", "sd2", "sd2-v")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+DTYPES = ("auto", "fp32", "fp16", "bf16")
+
+# The paper's values (METHOD.md) are the SD defaults; the toy base has its own, tuned on the toy world.
+SD_ERASE_DEFAULTS: dict[str, Any] = {
+    "steps": 1000,
+    "lr": 1e-2,
+    "tau": 0.0,
+    "lam": 3e-5,
+    "beta": 1e-4,
+    "alpha": 0.9,
+    "images": 16,
+    "image_steps": 25,
+    "image_guidance": 7.5,
+    "batch_size": 1,
+    "seed": 0,
+}
+ERASE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "sd1": dict(SD_ERASE_DEFAULTS),
+    "sd2": dict(SD_ERASE_DEFAULTS),
+    "sd2-v": dict(SD_ERASE_DEFAULTS),
+    "toy": dict(SD_ERASE_DEFAULTS),
+}
+TOP_DEFAULTS: dict[str, Any] = {"device": "auto", "dtype": "auto"}
+
+
+@dataclass(frozen=True)
+class Setting:
+    key: str
+    value: Any
+    source: str  # "default" | "<path>:<line>" | "command line"
+
+
+@dataclass(frozen=True)
+class EffectiveConfig:
+    path: str
+    exists: bool
+    settings: tuple[Setting, ...]
+
+    def get(self, key: str) -> Any:
+        for s in self.settings:
+            if s.key == key:
+                return s.value
+        raise KeyError(key)
+
+    def erase(self, arch: str) -> dict[str, Any]:
+        prefix = f"erase.{arch}."
+        return {s.key[len(prefix) :]: s.value for s in self.settings if s.key.startswith(prefix)}
+
+
+def _line_of(text: str, section: str, key: str) -> int:
+    current = ""
+    for i, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        if stripped.startswith("[") and stripped.endswith("]"):
+            current = stripped.strip("[]").strip()
+            continue
+        if current == section and stripped.split("=", 1)[0].strip() == key:
+            return i
+    return 0
+
+
+def _check(path: Path, text: str, section: str, key: str, value: Any, kind: type) -> Any:
+    where = f"{path}:{_line_of(text, section, key)}"
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise ConfigError(
+            f"{where}: {key} must be {kind.__name__}, got {value!r}",
+            hint=f"fix or remove the line in {path}",
+        )
+    if key == "device" and value not in DEVICES:
+        raise ConfigError(
+            f"{where}: device must be one of {', '.join(DEVICES)}", hint=f"fix {path}"
+        )
+    if key == "dtype" and value not in DTYPES:
+        raise ConfigError(f"{where}: dtype must be one of {', '.join(DTYPES)}", hint=f"fix {path}")
+    return value
+
+
+def load_config(root: Path) -> EffectiveConfig:
+    path = Path(root) / "config.toml"
+    data: dict[str, Any] = {}
+    text = ""
+    if path.is_file():
+        text = path.read_text(encoding="utf-8")
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(
+                f"{path} is not valid TOML: {exc}", hint=f"fix the line named above in {path}"
+            ) from exc
+    settings: dict[str, Setting] = {k: Setting(k, v, "default") for k, v in TOP_DEFAULTS.items()}
+    for arch in ARCHES:
+        for k, v in ERASE_DEFAULTS[arch].items():
+            settings[f"erase.{arch}.{k}"] = Setting(f"erase.{arch}.{k}", v, "default")
+    erase_all: dict[str, Any] = {}
+    for key, value in data.items():
+        if key == "erase":
+            if not isinstance(value, dict):
+                raise ConfigError(f"{path}: [erase] must be a table", hint=f"fix {path}")
+            erase_all = value
+            continue
+        if key not in TOP_KEYS:
+            raise ConfigError(
+                f"{path}:{_line_of(text, '', key)}: unknown setting {key!r}",
+                hint=f"known settings: {', '.join(sorted(TOP_KEYS))}, [erase]",
+            )
+        value = _check(path, text, "", key, value, TOP_KEYS[key])
+        settings[key] = Setting(key, value, f"{path}:{_line_of(text, '', key)}")
+    for key, value in erase_all.items():
+        if key in ARCHES and isinstance(value, dict):
+            continue
+        if key not in ERASE_KEYS:
+            raise ConfigError(
+                f"{path}:{_line_of(text, 'erase', key)}: unknown erase setting {key!r}",
+                hint=f"known: {', '.join(sorted(ERASE_KEYS))} or a [erase.ARCH] table ({', '.join(ARCHES)})",
+            )
+        value = _check(path, text, "erase", key, value, ERASE_KEYS[key])
+        for arch in ARCHES:
+            settings[f"erase.{arch}.{key}"] = Setting(
+                f"erase.{arch}.{key}", value, f"{path}:{_line_of(text, 'erase', key)}"
+            )
+    for arch in ARCHES:
+        table = erase_all.get(arch)
+        if not isinstance(table, dict):
+            continue
+        section = f"erase.{arch}"
+        for key, value in table.items():
+            if key not in ERASE_KEYS:
+                raise ConfigError(
+                    f"{path}:{_line_of(text, section, key)}: unknown erase setting {key!r}",
+                    hint=f"known: {', '.join(sorted(ERASE_KEYS))}",
+                )
+            value = _check(path, text, section, key, value, ERASE_KEYS[key])
+            settings[f"{section}.{key}"] = Setting(
+                f"{section}.{key}", value, f"{path}:{_line_of(text, section, key)}"
+            )
+    return EffectiveConfig(str(path), path.is_file(), tuple(settings.values()))

@@ -1,0 +1,75 @@
+"""Text embeddings exactly as StableDiffusionPipeline feeds them to the UNet.
+
+The decoupling guarantee of SepME (ΔW · e(c)ᵀ = 0) only holds for the exact embedding the
+pipeline produces at inference, so this module mirrors `StableDiffusionPipeline.encode_prompt`
+with `clip_skip=None`: the full `max_length`-padded token sequence, truncated to the tokenizer
+limit, through `text_encoder(...)[0]` (the final hidden states after the final layer norm), with
+the attention mask only when the encoder's config asks for one, returned in the text encoder's
+dtype. The classifier-free-guidance branch of the pipeline encodes `""` the same way.
+
+Each prompt is encoded on its own (batch 1), like a single-prompt generation; encoding in a
+larger batch can differ in float round-off on some kernels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from sepme_engine.errors import InvalidInput
+
+
+def _tokenize(pipe: Any, prompts: list[str]) -> Any:
+    tok = pipe.tokenizer
+    return tok(
+        prompts,
+        padding="max_length",
+        max_length=tok.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    )
+
+
+@torch.no_grad()
+def encode_prompts(pipe: Any, prompts: Sequence[str]) -> torch.Tensor:
+    """Embeddings `[n, L, d]` of `prompts` (L = tokenizer.model_max_length), in the text
+    encoder's dtype and on its device — bit-for-bit what `pipe.encode_prompt` gives for
+    `clip_skip=None` and a single prompt."""
+    encoder = pipe.text_encoder
+    device = encoder.device
+    use_mask = bool(getattr(encoder.config, "use_attention_mask", False))
+    out = []
+    for prompt in prompts:
+        inputs = _tokenize(pipe, [prompt])
+        mask = inputs.attention_mask.to(device) if use_mask else None
+        emb = encoder(inputs.input_ids.to(device), attention_mask=mask)[0]
+        out.append(emb.to(dtype=encoder.dtype, device=device))
+    if not out:
+        length = pipe.tokenizer.model_max_length
+        width = encoder.config.hidden_size
+        return torch.zeros(0, length, width, dtype=encoder.dtype, device=device)
+    return torch.cat(out, dim=0)
+
+
+def token_count(pipe: Any, prompt: str) -> int:
+    """Number of tokens of `prompt` including the start and end tokens, before truncation."""
+    return len(pipe.tokenizer(prompt, truncation=False).input_ids)
+
+
+def check_prompt(pipe: Any, prompt: str) -> None:
+    """Raise InvalidInput for an empty prompt or one longer than the tokenizer limit."""
+    if not prompt.strip():
+        raise InvalidInput(
+            "the prompt is empty",
+            hint="give the concept as a non-empty prompt, e.g. 'Van Gogh'",
+        )
+    limit = int(pipe.tokenizer.model_max_length)
+    count = token_count(pipe, prompt)
+    if count > limit:
+        raise InvalidInput(
+            f"the prompt {prompt!r} is {count} tokens long (with start/end tokens); "
+            f"the text encoder takes at most {limit}",
+            hint="shorten the prompt: the pipeline would truncate it, so its tail is never seen",
+        )

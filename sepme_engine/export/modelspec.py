@@ -1,0 +1,87 @@
+"""SAI model spec (`modelspec.*`) metadata for exported files.
+
+Spec: https://github.com/Stability-AI/ModelSpec (sai_model_spec 1.0.0). Architecture IDs follow its
+listing; adapters append `-lora` (`stable-diffusion-v1-lora`).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from collections.abc import Sequence
+
+from sepme_engine.errors import InvalidInput
+
+ARCHS = ("sd1", "sd2", "sd2-v")
+
+ARCHITECTURE_IDS = {
+    "sd1": "stable-diffusion-v1",
+    "sd2": "stable-diffusion-v2-512",
+    "sd2-v": "stable-diffusion-v2-768-v",
+}
+DEFAULT_RESOLUTION = {"sd1": "512x512", "sd2": "512x512", "sd2-v": "768x768"}
+DEFAULT_PREDICTION = {"sd1": "epsilon", "sd2": "epsilon", "sd2-v": "v"}
+# kohya's ss_base_model_version values for SD 1.x / 2.x networks
+KOHYA_BASE_VERSION = {"sd1": "sd_v1", "sd2": "sd_v2", "sd2-v": "sd_v2"}
+
+IMPL_LDM = "https://github.com/Stability-AI/generative-models"
+IMPL_DIFFUSERS = "diffusers"
+
+
+def check_arch(arch: str) -> str:
+    if arch not in ARCHS:
+        raise InvalidInput(
+            f"unknown architecture {arch!r}", hint=f"use one of: {', '.join(ARCHS)}"
+        )
+    return arch
+
+
+def normalize_prediction_type(prediction_type: str) -> str:
+    """modelspec spelling: "v" or "epsilon" (accepts diffusers' "v_prediction")."""
+    p = {"v_prediction": "v", "v": "v", "epsilon": "epsilon", "eps": "epsilon"}.get(
+        prediction_type
+    )
+    if p is None:
+        raise InvalidInput(
+            f"unsupported prediction type {prediction_type!r}",
+            hint="Stable Diffusion 1.x/2.x predict epsilon or v",
+        )
+    return p
+
+
+def erased_description(erased: Sequence[str]) -> str:
+    if not erased:
+        return "Stable Diffusion exported by sepme with no concept erased."
+    names = ", ".join(erased)
+    return f"Stable Diffusion with concepts erased by sepme (SepME): {names}."
+
+
+def modelspec_metadata(
+    arch: str,
+    prediction_type: str | None = None,
+    title: str = "sepme export",
+    erased: Sequence[str] = (),
+    resolution: str | None = None,
+    *,
+    lora: bool = False,
+    date: str | None = None,
+    description: str | None = None,
+) -> dict[str, str]:
+    """The `modelspec.*` keys for an exported checkpoint (or, with `lora=True`, a LoRA).
+
+    `arch` is "sd1" | "sd2" | "sd2-v"; `prediction_type` defaults to the arch's ("v" for sd2-v);
+    `resolution` defaults to "512x512" ("768x768" for sd2-v); `date` to today (ISO-8601);
+    `description` to one listing the erased concepts.
+    """
+    check_arch(arch)
+    pred = normalize_prediction_type(prediction_type or DEFAULT_PREDICTION[arch])
+    architecture = ARCHITECTURE_IDS[arch] + ("-lora" if lora else "")
+    return {
+        "modelspec.sai_model_spec": "1.0.0",
+        "modelspec.architecture": architecture,
+        "modelspec.implementation": IMPL_DIFFUSERS if lora else IMPL_LDM,
+        "modelspec.title": title,
+        "modelspec.description": description or erased_description(erased),
+        "modelspec.date": date or _dt.date.today().isoformat(),
+        "modelspec.resolution": resolution or DEFAULT_RESOLUTION[arch],
+        "modelspec.prediction_type": pred,
+    }

@@ -1,0 +1,348 @@
+"""Store root, lock, blobs and manifests.
+
+Layout (ollama-style manifests over content-addressed blobs)::
+
+    $SEPME_HOME/
+      config.toml                     user defaults (optional)
+      state.json                      default base
+      store.lock                      held by every mutation
+      blobs/sha256-<hex>              immutable content
+      tmp/                            *.incomplete files while writing
+      views/<hex>/...                 symlink trees that give blobs their original file names
+      cache/                          regenerable data (training latents)
+      manifests/bases/<name>.json
+      manifests/increments/<base>/<concept>.json
+      manifests/compositions/<base>.json
+      manifests/variants/<base>/<name>.json
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sepme_engine.errors import CorruptEntry, InvalidName, NotFound, SchemaTooNew, StoreLocked
+from sepme_engine.store.atomic import _fsync_dir, write_json
+
+SCHEMA_VERSION = 1
+CHUNK = 8 * 1024 * 1024
+KINDS = ("bases", "increments", "compositions", "variants")
+_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+
+
+def validate_name(name: str, what: str = "name") -> str:
+    """Names are lowercase slugs: letters, digits, '.', '_' and '-', starting with a letter/digit."""
+    if _NAME.match(name) and ".." not in name:
+        return name
+    suggestion = re.sub(r"[^a-z0-9._-]+", "-", name.lower()).strip("-._").replace("..", ".")[:64]
+    hint = f"try {suggestion!r}" if suggestion else "use letters, digits, '.', '_' or '-'"
+    raise InvalidName(
+        f"invalid {what} {name!r}: use lowercase letters, digits, '.', '_' and '-' "
+        "(no '/', '..', spaces or control characters)",
+        hint=hint,
+    )
+
+
+@dataclass(frozen=True)
+class BlobRef:
+    digest: str  # "sha256:<hex>"
+    size: int
+
+    @property
+    def hex(self) -> str:
+        return self.digest.split(":", 1)[1]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"digest": self.digest, "size": self.size}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> BlobRef:
+        return cls(str(data["digest"]), int(data["size"]))
+
+
+def hash_file(path: Path, progress: Callable[[int], None] | None = None) -> BlobRef:
+    h = hashlib.sha256()
+    size = 0
+    with Path(path).open("rb") as fh:
+        while chunk := fh.read(CHUNK):
+            h.update(chunk)
+            size += len(chunk)
+            if progress:
+                progress(len(chunk))
+    return BlobRef("sha256:" + h.hexdigest(), size)
+
+
+def default_root() -> Path:
+    env = os.environ.get("SEPME_HOME")
+    if env:
+        return Path(env).expanduser()
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir("sepme", appauthor=False))
+
+
+class Store:
+    """A sepme store rooted at `root`. Engine functions take one; there is no global store."""
+
+    def __init__(self, root: Path | None = None, lock_timeout: float | None = None) -> None:
+        self.root = Path(root) if root is not None else default_root()
+        if lock_timeout is None:
+            lock_timeout = float(os.environ.get("SEPME_LOCK_TIMEOUT", "600"))
+        self.lock_timeout = lock_timeout
+        self.on_lock_wait: Callable[[str], None] | None = None
+        self._lock: Any = None
+        self._depth = 0
+
+    # -- layout ---------------------------------------------------------------------------
+    @property
+    def blobs_dir(self) -> Path:
+        return self.root / "blobs"
+
+    @property
+    def tmp_dir(self) -> Path:
+        return self.root / "tmp"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.root / "cache"
+
+    @property
+    def views_dir(self) -> Path:
+        return self.root / "views"
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / "config.toml"
+
+    def ensure(self) -> None:
+        for d in (self.blobs_dir, self.tmp_dir, self.root / "manifests"):
+            d.mkdir(parents=True, exist_ok=True)
+
+    # -- lock -----------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the store lock (re-entrant within this object). Says so when it has to wait."""
+        if self._depth:
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+            return
+        from filelock import FileLock, Timeout
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(self.root / "store.lock"))
+        try:
+            lock.acquire(timeout=0.2)
+        except Timeout:
+            if self.on_lock_wait:
+                self.on_lock_wait(f"waiting for the store lock at {self.root / 'store.lock'} …")
+            try:
+                lock.acquire(timeout=self.lock_timeout)
+            except Timeout as exc:
+                raise StoreLocked(
+                    f"another sepme process holds the store lock ({self.root / 'store.lock'})",
+                    hint="wait for it to finish, or raise SEPME_LOCK_TIMEOUT",
+                ) from exc
+        self._depth = 1
+        try:
+            yield
+        finally:
+            self._depth = 0
+            lock.release()
+
+    # -- blobs ----------------------------------------------------------------------------
+    def blob_path(self, ref: BlobRef | str) -> Path:
+        digest = ref.digest if isinstance(ref, BlobRef) else ref
+        return self.blobs_dir / ("sha256-" + digest.split(":", 1)[1])
+
+    def has_blob(self, ref: BlobRef) -> bool:
+        p = self.blob_path(ref)
+        return p.is_file() and p.stat().st_size == ref.size
+
+    def incomplete_path(self, name: str) -> Path:
+        """A fresh `.incomplete` path in tmp/ for a file being written (caller renames or removes)."""
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f"{name}.", suffix=".incomplete", dir=self.tmp_dir)
+        os.close(fd)
+        return Path(tmp)
+
+    def put_blob_file(
+        self, src: Path, *, move: bool = False, progress: Callable[[int], None] | None = None
+    ) -> BlobRef:
+        """Copy (or move) `src` into blobs/, hashing on the way. Idempotent for equal content."""
+        src = Path(src)
+        self.ensure()
+        tmp = self.incomplete_path("blob")
+        try:
+            h = hashlib.sha256()
+            size = 0
+            with src.open("rb") as fin, tmp.open("wb") as fout:
+                while chunk := fin.read(CHUNK):
+                    h.update(chunk)
+                    fout.write(chunk)
+                    size += len(chunk)
+                    if progress:
+                        progress(len(chunk))
+                fout.flush()
+                os.fsync(fout.fileno())
+            ref = BlobRef("sha256:" + h.hexdigest(), size)
+            dest = self.blob_path(ref)
+            if dest.exists() and dest.stat().st_size == size:
+                tmp.unlink()
+            else:
+                os.replace(tmp, dest)
+                _fsync_dir(dest.parent)
+            if move:
+                src.unlink()
+            return ref
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            raise
+
+    def put_blob_bytes(self, data: bytes) -> BlobRef:
+        self.ensure()
+        ref = BlobRef("sha256:" + hashlib.sha256(data).hexdigest(), len(data))
+        if not self.has_blob(ref):
+            tmp = self.incomplete_path("blob")
+            try:
+                with tmp.open("wb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(tmp, self.blob_path(ref))
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
+                raise
+        return ref
+
+    def view(self, key: str, files: dict[str, BlobRef]) -> Path:
+        """A folder whose files (symlinks) give blobs their original relative names.
+
+        Loaders that care about file names and layouts (diffusers) read from it.
+        """
+        dest = self.views_dir / key
+        marker = dest / ".complete"
+        if marker.exists():
+            return dest
+        with self.locked():
+            if marker.exists():
+                return dest
+            tmp = Path(tempfile.mkdtemp(prefix=f"{key}.", suffix=".incomplete", dir=self.tmp_dir))
+            try:
+                for rel, ref in files.items():
+                    target = tmp / rel
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    blob = self.blob_path(ref)
+                    if not blob.exists():
+                        raise CorruptEntry(
+                            f"blob {ref.digest} for {rel} is missing from the store",
+                            hint="run `sepme store verify`; re-add the base",
+                        )
+                    try:
+                        target.symlink_to(blob)
+                    except OSError:
+                        shutil.copyfile(blob, target)
+                (tmp / ".complete").write_text("")
+                if dest.exists():
+                    shutil.rmtree(dest)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(tmp, dest)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+        return dest
+
+    # -- manifests ------------------------------------------------------------------------
+    def manifest_path(self, kind: str, key: str) -> Path:
+        assert kind in KINDS, kind
+        return self.root / "manifests" / kind / f"{key}.json"
+
+    def read_manifest(self, kind: str, key: str) -> dict[str, Any]:
+        path = self.manifest_path(kind, key)
+        if not path.is_file():
+            raise NotFound(f"no {kind[:-1]} {key!r} in the store")
+        return self.load_manifest_file(path)
+
+    @staticmethod
+    def load_manifest_file(path: Path) -> dict[str, Any]:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise CorruptEntry(
+                f"manifest {path} is unreadable: {exc}",
+                hint="run `sepme store verify`; remove the entry and create it again",
+            ) from exc
+        if not isinstance(data, dict) or "schema_version" not in data:
+            raise CorruptEntry(
+                f"manifest {path} has no schema_version",
+                hint="run `sepme store verify`; remove the entry and create it again",
+            )
+        version = data["schema_version"]
+        if not isinstance(version, int) or version > SCHEMA_VERSION:
+            raise SchemaTooNew(
+                f"{path} was written by a newer sepme (schema {version}, this sepme reads "
+                f"{SCHEMA_VERSION})",
+                hint="upgrade sepme (pip install -U sepme)",
+            )
+        return data
+
+    def write_manifest(self, kind: str, key: str, data: dict[str, Any]) -> None:
+        data = {"schema_version": SCHEMA_VERSION, **data}
+        with self.locked():
+            write_json(self.manifest_path(kind, key), data)
+
+    def delete_manifest(self, kind: str, key: str) -> None:
+        with self.locked():
+            path = self.manifest_path(kind, key)
+            path.unlink(missing_ok=True)
+            parent = path.parent
+            if (
+                parent != self.root / "manifests" / kind
+                and parent.exists()
+                and not any(parent.iterdir())
+            ):
+                parent.rmdir()
+
+    def has_manifest(self, kind: str, key: str) -> bool:
+        return self.manifest_path(kind, key).is_file()
+
+    def list_manifests(self, kind: str, prefix: str = "") -> list[str]:
+        base = self.root / "manifests" / kind
+        if prefix:
+            base = base / prefix
+        if not base.is_dir():
+            return []
+        root = self.root / "manifests" / kind
+        keys = [str(p.relative_to(root))[: -len(".json")] for p in base.rglob("*.json")]
+        return sorted(k for k in keys if not Path(k).name.startswith("."))
+
+    def all_manifest_files(self) -> list[Path]:
+        base = self.root / "manifests"
+        return sorted(base.rglob("*.json")) if base.is_dir() else []
+
+    # -- state ----------------------------------------------------------------------------
+    def read_state(self) -> dict[str, Any]:
+        path = self.root / "state.json"
+        if not path.is_file():
+            return {"schema_version": SCHEMA_VERSION}
+        return self.load_manifest_file(path)
+
+    def write_state(self, **changes: Any) -> None:
+        with self.locked():
+            state = self.read_state()
+            state.update(changes)
+            state["schema_version"] = SCHEMA_VERSION
+            write_json(self.root / "state.json", state)

@@ -1,0 +1,145 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from sepme_engine.errors import CorruptEntry, InvalidName, NotFound, SchemaTooNew, StoreLocked
+from sepme_engine.store import SCHEMA_VERSION, Store, validate_name
+from sepme_engine.store.atomic import atomic_open, write_json
+from sepme_engine.store.maintenance import prune, verify
+from sepme_engine.store.safetensors_header import read_header
+
+
+def test_blob_is_content_addressed_and_idempotent(store: Store, tmp_path: Path) -> None:
+    src = tmp_path / "x.bin"
+    src.write_bytes(b"hello sepme" * 1000)
+    a = store.put_blob_file(src)
+    b = store.put_blob_file(src)
+    assert a == b
+    assert a.size == 11000
+    assert store.blob_path(a).read_bytes() == src.read_bytes()
+    assert store.blob_path(a).name == "sha256-" + a.hex
+    assert list(store.tmp_dir.iterdir()) == []
+
+
+def test_manifest_roundtrip_and_schema(store: Store) -> None:
+    store.write_manifest("bases", "one", {"name": "one"})
+    data = store.read_manifest("bases", "one")
+    assert data["schema_version"] == SCHEMA_VERSION and data["name"] == "one"
+    assert store.list_manifests("bases") == ["one"]
+    path = store.manifest_path("bases", "one")
+    path.write_text(json.dumps({"schema_version": SCHEMA_VERSION + 1}))
+    with pytest.raises(SchemaTooNew, match="newer sepme"):
+        store.read_manifest("bases", "one")
+    path.write_text("{not json")
+    with pytest.raises(CorruptEntry):
+        store.read_manifest("bases", "one")
+    with pytest.raises(NotFound):
+        store.read_manifest("bases", "two")
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path: Path) -> None:
+    dest = tmp_path / "out.json"
+    write_json(dest, {"a": 1})
+    with pytest.raises(RuntimeError), atomic_open(dest) as fh:
+        fh.write(b"partial")
+        raise RuntimeError("boom")
+    assert json.loads(dest.read_text()) == {"a": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]
+
+
+@pytest.mark.parametrize("name", ["a/b", "..", "a..b", "with space", "tab\tname", "Upper", "", "-x"])
+def test_invalid_names(name: str) -> None:
+    with pytest.raises(InvalidName):
+        validate_name(name)
+
+
+def test_invalid_name_suggests_a_slug() -> None:
+    with pytest.raises(InvalidName) as exc:
+        validate_name("Van Gogh")
+    assert exc.value.hint is not None and "'van-gogh'" in exc.value.hint
+
+
+def test_lock_times_out_with_store_locked(sepme_home: Path) -> None:
+    from filelock import FileLock
+
+    sepme_home.mkdir(parents=True)
+    holder = FileLock(str(sepme_home / "store.lock"))
+    holder.acquire()
+    try:
+        store = Store(sepme_home, lock_timeout=0.3)
+        waited: list[str] = []
+        store.on_lock_wait = waited.append
+        with pytest.raises(StoreLocked), store.locked():
+            pass
+        assert waited and "waiting" in waited[0]
+    finally:
+        holder.release()
+
+
+def test_lock_waits_then_proceeds(sepme_home: Path) -> None:
+    import subprocess
+    import sys
+    import time
+
+    sepme_home.mkdir(parents=True)
+    ready = sepme_home / "held"
+    code = (
+        "import sys, time; from filelock import FileLock; "
+        "l = FileLock(sys.argv[1]); l.acquire(); open(sys.argv[2], 'w').close(); "
+        "time.sleep(1.0); l.release()"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code, str(sepme_home / "store.lock"), str(ready)])
+    try:
+        deadline = time.monotonic() + 30
+        while not ready.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        store = Store(sepme_home, lock_timeout=20)
+        waited: list[str] = []
+        store.on_lock_wait = waited.append
+        store.write_manifest("bases", "x", {"name": "x"})
+        assert waited and store.has_manifest("bases", "x")
+    finally:
+        proc.wait(timeout=30)
+
+
+def test_verify_and_prune(store: Store, tmp_path: Path) -> None:
+    src = tmp_path / "a.bin"
+    src.write_bytes(b"a" * 100)
+    kept = store.put_blob_file(src)
+    src.write_bytes(b"b" * 100)
+    orphan = store.put_blob_file(src)
+    store.write_manifest("increments", "toy/x", {"blob": kept.to_json()})
+    assert verify(store).ok
+    (store.tmp_dir / "blob.123.incomplete").write_bytes(b"half")
+    store.blob_path(kept).write_bytes(b"c" * 100)  # corrupt it
+    report = verify(store)
+    kinds = sorted(p.kind for p in report.problems)
+    assert kinds == ["corrupt-blob", "leftover"]
+    dry = prune(store, dry_run=True)
+    assert any(orphan.hex in p for p in dry.removed) and store.blob_path(orphan).exists()
+    done = prune(store)
+    assert not store.blob_path(orphan).exists()
+    assert store.blob_path(kept).exists()
+    assert not any(store.tmp_dir.iterdir())
+    assert set(done.removed) == set(dry.removed)
+    store.blob_path(kept).unlink()
+    assert [p.kind for p in verify(store).problems] == ["missing-blob"]
+
+
+def test_read_header_detects_truncation(tmp_path: Path) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    path = tmp_path / "t.safetensors"
+    save_file({"w": torch.zeros(64, 64)}, str(path), metadata={"k": "v"})
+    header, meta = read_header(path)
+    assert header["w"]["shape"] == [64, 64] and meta == {"k": "v"}
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(CorruptEntry, match="truncated"):
+        read_header(path)
+    path.write_bytes(b"\x05\x00")
+    with pytest.raises(CorruptEntry):
+        read_header(path)
