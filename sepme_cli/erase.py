@@ -1,0 +1,252 @@
+"""`sepme erase`, `sepme list`, `sepme show`, `sepme rm`: train and manage increments."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Annotated, Any
+
+import typer
+
+from sepme_cli._params import BaseOpt, DryRunOpt, ForceOpt, JsonOpt, YesOpt, open_store
+from sepme_cli._render import err, out, print_json, table
+
+app = typer.Typer()
+
+
+@contextmanager
+def _progress(tau: float | None) -> Any:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[stats]}"),
+        TimeRemainingColumn(),
+        console=err,
+    ) as bar:
+        tasks: dict[tuple[str, str], Any] = {}
+
+        def on_event(ev: Any) -> None:
+            if ev.kind == "images":
+                key = (ev.concept, "images")
+                if key not in tasks:
+                    tasks[key] = bar.add_task(
+                        f"{ev.concept}: training images", total=ev.total, stats=""
+                    )
+                bar.update(tasks[key], completed=ev.done, total=ev.total)
+            elif ev.kind == "step":
+                key = (ev.concept, "train")
+                s = ev.info
+                if key not in tasks:
+                    tasks[key] = bar.add_task(f"{ev.concept}: erasing", total=ev.total, stats="")
+                rate = s.iteration / s.elapsed_s if s.elapsed_s > 0 else 0.0
+                stats = f"L_cor {s.lcor:+.3e}  m {s.momentum:+.3e} vs τ {tau if tau is not None else 0:+g}  {rate:.1f} it/s"
+                bar.update(tasks[key], completed=s.iteration, stats=stats)
+            elif ev.kind == "done":
+                key = (ev.concept, "train")
+                if key in tasks:
+                    bar.update(tasks[key], total=ev.info.iterations, completed=ev.info.iterations)
+
+        yield on_event
+
+
+@app.command("erase")
+def erase(
+    concepts: Annotated[
+        list[str], typer.Argument(help="Concept(s) to erase; several = all-known scenario.")
+    ],
+    base: BaseOpt = None,
+    prompt: Annotated[
+        str | None, typer.Option(help="Prompt text for the concept (default: the concept).")
+    ] = None,
+    preserve: Annotated[
+        list[str] | None,
+        typer.Option("--preserve", help="A prompt the increment must not touch (repeatable)."),
+    ] = None,
+    steps: Annotated[int | None, typer.Option(help="Iteration cap.")] = None,
+    lr: Annotated[
+        float | None, typer.Option(help="Adam learning rate on the coefficients.")
+    ] = None,
+    tau: Annotated[
+        float | None, typer.Option(help="Early-stopping threshold on the momentum m_n.")
+    ] = None,
+    lam: Annotated[float | None, typer.Option(help="L1 weight λ.")] = None,
+    beta: Annotated[float | None, typer.Option(help="Coefficient scale β.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+    images: Annotated[
+        int | None, typer.Option(help="Training images generated from the concept prompt.")
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = None,
+    dtype: Annotated[
+        str | None, typer.Option(help="Frozen weights on GPU: auto, fp32, fp16, bf16.")
+    ] = None,
+    method: Annotated[str, typer.Option(help="Erasure method.")] = "sepme",
+    no_apply: Annotated[
+        bool, typer.Option("--no-apply", help="Store only; do not add to the active composition.")
+    ] = False,
+    force: ForceOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Train a per-concept increment that erases CONCEPT from the base."""
+    from sepme_engine.erase.run import erase as run_erase
+
+    store = open_store()
+    overrides = {
+        "steps": steps,
+        "lr": lr,
+        "tau": tau,
+        "lam": lam,
+        "beta": beta,
+        "seed": seed,
+        "images": images,
+    }
+    with _progress(tau) as on_event:
+        report = run_erase(
+            store,
+            concepts,
+            base=base,
+            prompt=prompt,
+            preserve=preserve or [],
+            overrides=overrides,
+            method=method,
+            device=device,
+            dtype=dtype,
+            apply=not no_apply,
+            force=force,
+            on_event=on_event,
+        )
+    if json_out:
+        print_json(report.to_json())
+        return
+    rows = [
+        (
+            o.concept,
+            o.iterations,
+            o.stop_reason,
+            f"{o.norm:.4g}",
+            o.m_k,
+            o.unet_passes_data + o.unet_passes_training,
+            f"{o.wall_s:.1f}s",
+        )
+        for o in report.outcomes
+    ]
+    out.print(
+        table(
+            f"erased on {report.base} ({report.device}, {report.dtype})",
+            ["concept", "iterations", "stop", "‖ΔW‖", "m_k", "UNet passes", "time"],
+            rows,
+        )
+    )
+    if report.applied:
+        err.print(
+            f"active on {report.base}: {', '.join(report.active)} — restore with `sepme compose --restore NAME`"
+        )
+    else:
+        err.print(
+            "stored only; activate with `sepme compose --erase "
+            + ",".join(o.concept for o in report.outcomes)
+            + "`"
+        )
+
+
+@app.command("list")
+def list_(base: BaseOpt = None, json_out: JsonOpt = False) -> None:
+    """List the base's increments."""
+    from sepme_engine.bases import get_base
+    from sepme_engine.increments import list_increments
+
+    store = open_store()
+    info = get_base(store, base)
+    incs = list_increments(store, info.name)
+    if json_out:
+        print_json([i.to_json() for i in incs])
+        return
+    rows = [
+        (
+            i.concept,
+            i.prompt,
+            "yes" if i.active else "",
+            i.method,
+            f"{i.norm:.4g}",
+            i.iterations,
+            i.stop_reason,
+            i.created,
+        )
+        for i in incs
+    ]
+    out.print(
+        table(
+            f"increments on {info.name}",
+            ["concept", "prompt", "active", "method", "‖ΔW‖", "iterations", "stop", "created"],
+            rows,
+        )
+    )
+    if not incs:
+        err.print(f'none yet: `sepme erase "CONCEPT" --base {info.name}`')
+
+
+app.command("ls", hidden=True, help="Alias of `list`.")(list_)
+
+
+@app.command("show")
+def show(
+    concept: Annotated[str, typer.Argument(help="Concept name.")],
+    base: BaseOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Show one increment with its settings and preserved prompts."""
+    from sepme_engine.bases import get_base
+    from sepme_engine.increments import get_increment
+
+    store = open_store()
+    inc = get_increment(store, get_base(store, base).name, concept)
+    if json_out:
+        print_json(inc.to_json())
+        return
+    rows: list[tuple[str, Any]] = [
+        ("concept", inc.concept),
+        ("prompt", inc.prompt),
+        ("base", f"{inc.base} ({inc.base_digest[:19]})"),
+        ("method", inc.method),
+        ("active", inc.active),
+        ("‖ΔW‖", f"{inc.norm:.6g}"),
+        ("m_k", inc.m_k),
+        ("iterations", inc.iterations),
+        ("stop reason", inc.stop_reason),
+        ("created", inc.created),
+        ("blob", inc.blob.digest),
+    ]
+    rows += [(f"setting {k}", v) for k, v in sorted(inc.settings.items())]
+    rows += [(f"stat {k}", v) for k, v in sorted(inc.stats.items())]
+    rows += [("preserves", repr(p)) for p in inc.preserve_prompts]
+    out.print(table(None, ["field", "value"], rows))
+
+
+@app.command("rm")
+def rm(
+    concept: Annotated[str, typer.Argument(help="Concept name.")],
+    base: BaseOpt = None,
+    dry_run: DryRunOpt = False,
+    yes: YesOpt = False,
+) -> None:
+    """Remove an increment (and drop it from the active composition)."""
+    from sepme_engine.bases import get_base
+    from sepme_engine.increments import remove_increment
+
+    store = open_store()
+    name = get_base(store, base).name
+    remove_increment(store, name, concept, dry_run=True)
+    if dry_run:
+        out.print(f"would remove increment {concept} from {name}")
+        return
+    if not yes and not typer.confirm(f"Remove increment {concept} from {name}?", err=True):
+        raise typer.Exit(1)
+    remove_increment(store, name, concept)
+    out.print(f"removed increment {concept} from {name}")

@@ -1,0 +1,174 @@
+"""Compositions: which increments are active on a base, named variants, and the canonical sum.
+
+The weights of a composition are `(W_base.float() + D).to(dtype)` with
+`D = Σ_i ΔW_i` summed in float32 in sorted concept-name order starting from zeros — computed
+from scratch from the active set every time, so restoring is exact: erase {a, b} then restore b
+gives bit-for-bit the weights of erase {a}.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sepme_engine.bases import BaseInfo, get_base, now_iso
+from sepme_engine.errors import InvalidInput, NotFound
+from sepme_engine.increments import (
+    active_set,
+    get_increment,
+    list_increments,
+    load_increment,
+    set_active,
+)
+from sepme_engine.store import Store, validate_name
+
+
+@dataclass(frozen=True)
+class CompositionResult:
+    base: str
+    active: tuple[str, ...]
+    added: tuple[str, ...]
+    removed: tuple[str, ...]
+    saved_as: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "base": self.base,
+            "active": list(self.active),
+            "added": list(self.added),
+            "removed": list(self.removed),
+            "saved_as": self.saved_as,
+        }
+
+
+@dataclass(frozen=True)
+class VariantInfo:
+    base: str
+    name: str
+    active: tuple[str, ...]
+    created: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "base": self.base,
+            "name": self.name,
+            "active": list(self.active),
+            "created": self.created,
+        }
+
+
+def _split(items: Sequence[str]) -> list[str]:
+    out: list[str] = []
+    for item in items:
+        out.extend(x.strip() for x in item.split(",") if x.strip())
+    return out
+
+
+def get_variant(store: Store, base: str, name: str) -> VariantInfo:
+    key = f"{base}/{name}"
+    if not store.has_manifest("variants", key):
+        raise NotFound(
+            f"no variant {name!r} on base {base!r}",
+            hint="`sepme variants` lists them; save one with `sepme compose --name NAME`",
+        )
+    data = store.read_manifest("variants", key)
+    return VariantInfo(base, name, tuple(data.get("active", [])), data.get("created", ""))
+
+
+def list_variants(store: Store, base: str | None = None) -> list[VariantInfo]:
+    info = get_base(store, base)
+    return [
+        get_variant(store, info.name, k.split("/", 1)[1])
+        for k in store.list_manifests("variants", info.name)
+    ]
+
+
+def compose(
+    store: Store,
+    base: str | None = None,
+    *,
+    erase: Sequence[str] = (),
+    restore: Sequence[str] = (),
+    from_variant: str | None = None,
+    name: str | None = None,
+) -> CompositionResult:
+    """Change the active composition: start from the current one (or a variant), add `erase`,
+    drop `restore`; optionally save the result as variant `name`."""
+    info = get_base(store, base)
+    erase_l, restore_l = _split(erase), _split(restore)
+    both = sorted(set(erase_l) & set(restore_l))
+    if both:
+        raise InvalidInput(
+            f"{', '.join(both)} given to both --erase and --restore", hint="name each concept once"
+        )
+    for concept in erase_l:
+        get_increment(store, info.name, concept)  # NotFound with a hint
+    if name is not None:
+        validate_name(name, "variant name")
+    with store.locked():
+        before = set(active_set(store, info.name))
+        start = (
+            set(get_variant(store, info.name, from_variant).active) if from_variant else set(before)
+        )
+        unknown = [c for c in restore_l if c not in start]
+        if unknown:
+            raise InvalidInput(
+                f"{', '.join(unknown)} is not erased on base {info.name!r}",
+                hint=f"active now: {', '.join(sorted(start)) or 'none'}",
+            )
+        after = (start | set(erase_l)) - set(restore_l)
+        set_active(store, info.name, sorted(after))
+        if name is not None:
+            store.write_manifest(
+                "variants",
+                f"{info.name}/{name}",
+                {
+                    "kind": "variant",
+                    "base": info.name,
+                    "active": sorted(after),
+                    "created": now_iso(),
+                },
+            )
+    return CompositionResult(
+        base=info.name,
+        active=tuple(sorted(after)),
+        added=tuple(sorted(after - before)),
+        removed=tuple(sorted(before - after)),
+        saved_as=name,
+    )
+
+
+def selection(
+    store: Store, base: BaseInfo, *, variant: str | None = None, erase: Sequence[str] | None = None
+) -> tuple[str, ...]:
+    """The concepts a command works on: a variant, an explicit --erase list, or the active set."""
+    if variant and erase:
+        raise InvalidInput("give --variant or --erase, not both")
+    if variant:
+        names = list(get_variant(store, base.name, variant).active)
+    elif erase:
+        names = _split(erase)
+        for concept in names:
+            get_increment(store, base.name, concept)
+    else:
+        names = active_set(store, base.name)
+    return tuple(sorted(set(names)))
+
+
+def composition_deltas(store: Store, base: BaseInfo, names: Sequence[str]) -> dict[str, Any]:
+    """D = Σ ΔW_i in float32, canonical order; checks each increment's base digest and layers."""
+    from sepme_engine.erase.hooks import sum_deltas
+
+    incs = [
+        load_increment(store, get_increment(store, base.name, n), base) for n in sorted(set(names))
+    ]
+    return sum_deltas(incs)
+
+
+def loaded_increments(
+    store: Store, base: BaseInfo, names: Sequence[str] | None = None
+) -> list[tuple[str, Any]]:
+    infos = list_increments(store, base.name)
+    chosen = [i for i in infos if names is None or i.concept in set(names)]
+    return [(i.concept, load_increment(store, i, base)) for i in chosen]

@@ -1,0 +1,297 @@
+"""`sepme erase`: pick the method, build each concept's preserve set, cache training latents in
+the store, train, and save the increments (joining the base's active composition)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sepme_engine import __version__
+from sepme_engine.bases import BaseInfo, get_base, load_base
+from sepme_engine.config import load_config
+from sepme_engine.device import resolve_device, resolve_dtype
+from sepme_engine.errors import AlreadyExists, InvalidInput
+from sepme_engine.increments import concept_name, has_increment, list_increments, save_increment
+from sepme_engine.store import Store
+
+METHODS = ("sepme",)
+
+
+@dataclass(frozen=True)
+class ConceptOutcome:
+    concept: str
+    prompt: str
+    method: str
+    iterations: int
+    stop_reason: str
+    norm: float
+    m_k: int | None
+    final_lcor: float | None
+    final_m: float | None
+    unet_passes_data: int
+    unet_passes_training: int
+    data_cached: bool
+    wall_s: float
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class EraseReport:
+    base: str
+    device: str
+    dtype: str
+    applied: bool
+    outcomes: tuple[ConceptOutcome, ...]
+    active: tuple[str, ...] = field(default_factory=tuple)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "base": self.base,
+            "device": self.device,
+            "dtype": self.dtype,
+            "applied": self.applied,
+            "active": list(self.active),
+            "outcomes": [o.to_json() for o in self.outcomes],
+        }
+
+
+@dataclass(frozen=True)
+class Event:
+    """Progress events for the CLI: kind is 'images', 'step', 'start' or 'done'."""
+
+    kind: str
+    concept: str
+    done: int = 0
+    total: int = 0
+    info: Any = None
+
+
+def erase_settings(store: Store, base: BaseInfo, overrides: dict[str, Any]) -> dict[str, Any]:
+    """Defaults for the base's profile, then config.toml, then the command line."""
+    settings = dict(load_config(store.root).erase(base.profile))
+    settings.update({k: v for k, v in overrides.items() if v is not None})
+    return settings
+
+
+def _latents_key(
+    base: BaseInfo, prompt: str, settings: dict[str, Any], dtype: str, pipe: Any
+) -> str:
+    ident = {
+        "base": base.base_digest,
+        "prompt": prompt,
+        "n": settings["images"],
+        "steps": settings["image_steps"],
+        "guidance": settings["image_guidance"],
+        "seed": settings["seed"],
+        "dtype": dtype,
+        "scheduler": type(pipe.scheduler).__name__,
+    }
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
+
+
+def training_latents(
+    store: Store,
+    base: BaseInfo,
+    pipe: Any,
+    prompt: str,
+    settings: dict[str, Any],
+    device: Any,
+    dtype: str,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[Any, int, bool]:
+    """(latents, unet_passes spent, cached?) — generated once per base/prompt/settings, then cached."""
+    from safetensors.torch import load_file, save_file
+
+    from sepme_engine.erase.data import generate_training_latents
+    from sepme_engine.store.atomic import atomic_open
+
+    path = (
+        store.cache_dir
+        / "latents"
+        / f"{_latents_key(base, prompt, settings, dtype, pipe)}.safetensors"
+    )
+    if path.is_file():
+        try:
+            return load_file(str(path))["latents"], 0, True
+        except Exception:  # a damaged cache entry is regenerated
+            path.unlink(missing_ok=True)
+    latents, passes = generate_training_latents(
+        pipe,
+        prompt,
+        n=int(settings["images"]),
+        steps=int(settings["image_steps"]),
+        guidance=float(settings["image_guidance"]),
+        seed=int(settings["seed"]),
+        device=device,
+        progress=progress,
+    )
+    tmp = store.incomplete_path("latents")
+    try:
+        save_file({"latents": latents.contiguous()}, str(tmp), metadata={"prompt": prompt})
+        with atomic_open(path) as fh:
+            fh.write(tmp.read_bytes())
+    finally:
+        tmp.unlink(missing_ok=True)
+    return latents, passes, False
+
+
+def erase(
+    store: Store,
+    concepts: Sequence[str],
+    *,
+    base: str | None = None,
+    prompt: str | None = None,
+    preserve: Sequence[str] = (),
+    overrides: dict[str, Any] | None = None,
+    method: str = "sepme",
+    device: str | None = None,
+    dtype: str | None = None,
+    apply: bool = True,
+    force: bool = False,
+    on_event: Callable[[Event], None] | None = None,
+) -> EraseReport:
+    """Train one increment per concept. Several concepts = the all-known scenario."""
+    import torch
+
+    from sepme_engine.erase.sepme import SepMEConfig, train_sepme
+    from sepme_engine.erase.text import check_prompt
+
+    emit = on_event or (lambda _e: None)
+    if not concepts:
+        raise InvalidInput(
+            "name at least one concept to erase", hint='e.g. `sepme erase "Van Gogh"`'
+        )
+    if method not in METHODS:
+        raise InvalidInput(f"unknown method {method!r}", hint=f"choose one of {', '.join(METHODS)}")
+    if prompt is not None and len(concepts) > 1:
+        raise InvalidInput(
+            "--prompt applies to one concept; several were given",
+            hint="erase them one call each, or drop --prompt",
+        )
+    info = get_base(store, base)
+    targets: list[tuple[str, str]] = []
+    for text in concepts:
+        p = prompt if prompt is not None else text
+        if not p.strip():
+            raise InvalidInput(
+                "the concept prompt is empty",
+                hint='give the text to erase, e.g. `sepme erase "Van Gogh"`',
+            )
+        targets.append((concept_name(text), p))
+    names = [n for n, _ in targets]
+    if len(set(names)) != len(names):
+        raise InvalidInput(f"a concept is named twice: {', '.join(names)}")
+    for name in names:
+        if has_increment(store, info.name, name) and not force:
+            raise AlreadyExists(
+                f"increment {name!r} exists on base {info.name!r}",
+                hint=f"pass --force to train it again, or `sepme rm {name}`",
+            )
+    cfg = load_config(store.root)
+    dev = resolve_device(device or cfg.get("device"))
+    dtype_name = resolve_dtype(dtype or cfg.get("dtype"), dev)
+    settings = erase_settings(store, info, overrides or {})
+    earlier = [i.prompt for i in list_increments(store, info.name) if i.concept not in set(names)]
+    pipe = load_base(store, info.name, device=dev, dtype=getattr(torch, dtype_name))
+    for _, p in targets:
+        check_prompt(pipe, p)
+    for p in preserve:
+        check_prompt(pipe, p)
+    config = SepMEConfig(
+        alpha=float(settings["alpha"]),
+        beta=float(settings["beta"]),
+        lam=float(settings["lam"]),
+        tau=float(settings["tau"]),
+        lr=float(settings["lr"]),
+        max_steps=int(settings["steps"]),
+        batch_size=int(settings["batch_size"]),
+        seed=int(settings["seed"]),
+        n_images=int(settings["images"]),
+        image_steps=int(settings["image_steps"]),
+        guidance=float(settings["image_guidance"]),
+        dtype=dtype_name,
+    )
+    outcomes: list[ConceptOutcome] = []
+    for name, p in targets:
+        emit(Event("start", name, total=config.max_steps))
+        t0 = time.perf_counter()
+        latents, data_passes, cached = training_latents(
+            store,
+            info,
+            pipe,
+            p,
+            settings,
+            dev,
+            dtype_name,
+            progress=lambda d, t, name=name: emit(Event("images", name, d, t)),
+        )
+        e_k = [
+            q for q in [*(tp for tn, tp in targets if tn != name), *earlier, *preserve] if q != p
+        ]
+        result = train_sepme(
+            pipe,
+            p,
+            e_k,
+            latents,
+            config,
+            dev,
+            progress=lambda s, name=name: emit(Event("step", name, s.iteration, s.max_steps, s)),
+        )
+        wall = time.perf_counter() - t0
+        stats = {
+            "final_lcor": result.final_lcor,
+            "final_m": result.final_m,
+            "unet_passes_data": data_passes,
+            "unet_passes_training": result.unet_passes_training,
+            "data_cached": cached,
+            "wall_s": round(wall, 3),
+            "train_wall_s": round(result.wall_s, 3),
+            "concept_null_fraction": result.concept_null_fraction,
+            "device": str(dev),
+            "dtype": dtype_name,
+            "sepme_version": __version__,
+        }
+        saved = save_increment(
+            store,
+            info,
+            name,
+            result.increment,
+            prompt=p,
+            method=method,
+            m_k=result.m_k,
+            iterations=result.iterations,
+            stop_reason=result.stop_reason,
+            preserve_prompts=["", *e_k],
+            settings={**settings, "method": method},
+            stats=stats,
+            force=force,
+            activate=apply,
+        )
+        outcome = ConceptOutcome(
+            concept=name,
+            prompt=p,
+            method=method,
+            iterations=result.iterations,
+            stop_reason=result.stop_reason,
+            norm=saved.norm,
+            m_k=result.m_k,
+            final_lcor=result.final_lcor,
+            final_m=result.final_m,
+            unet_passes_data=data_passes,
+            unet_passes_training=result.unet_passes_training,
+            data_cached=cached,
+            wall_s=round(wall, 3),
+        )
+        outcomes.append(outcome)
+        emit(Event("done", name, info=outcome))
+    from sepme_engine.increments import active_set
+
+    return EraseReport(
+        info.name, str(dev), dtype_name, apply, tuple(outcomes), tuple(active_set(store, info.name))
+    )

@@ -1,0 +1,242 @@
+"""Increments in the store: one manifest per (base, concept) over a safetensors blob.
+
+Listing and showing are torch-free; saving and loading tensors import torch lazily.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sepme_engine import __version__
+from sepme_engine.bases import BaseInfo, now_iso
+from sepme_engine.errors import AlreadyExists, BaseMismatch, InvalidInput, NotFound
+from sepme_engine.store import BlobRef, Store, validate_name
+
+
+@dataclass(frozen=True)
+class IncrementInfo:
+    base: str
+    concept: str
+    prompt: str
+    method: str
+    base_digest: str
+    blob: BlobRef
+    active: bool
+    norm: float  # ‖ΔW‖ Frobenius over all layers
+    m_k: int | None
+    iterations: int
+    stop_reason: str
+    created: str
+    preserve_prompts: tuple[str, ...] = ()
+    settings: dict[str, Any] = field(default_factory=dict)
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "base": self.base,
+            "concept": self.concept,
+            "prompt": self.prompt,
+            "method": self.method,
+            "base_digest": self.base_digest,
+            "blob": self.blob.to_json(),
+            "active": self.active,
+            "norm": self.norm,
+            "m_k": self.m_k,
+            "iterations": self.iterations,
+            "stop_reason": self.stop_reason,
+            "created": self.created,
+            "preserve_prompts": list(self.preserve_prompts),
+            "settings": self.settings,
+            "stats": self.stats,
+        }
+
+
+def concept_name(text: str) -> str:
+    """A store name for a concept: 'Van Gogh' -> 'van-gogh'."""
+    slug = re.sub(r"[^a-z0-9._-]+", "-", text.strip().lower()).strip("-._")
+    slug = re.sub(r"\.{2,}", ".", slug)[:64]
+    if not slug:
+        raise InvalidInput(
+            f"cannot make a name from {text!r}",
+            hint="give the concept a plain name and pass the text with --prompt",
+        )
+    return validate_name(slug, "concept name")
+
+
+def _key(base: str, concept: str) -> str:
+    return f"{base}/{concept}"
+
+
+def active_set(store: Store, base: str) -> list[str]:
+    if not store.has_manifest("compositions", base):
+        return []
+    return sorted(store.read_manifest("compositions", base).get("active", []))
+
+
+def _info(data: dict[str, Any], active: set[str]) -> IncrementInfo:
+    return IncrementInfo(
+        base=data["base"],
+        concept=data["concept"],
+        prompt=data["prompt"],
+        method=data["method"],
+        base_digest=data["base_digest"],
+        blob=BlobRef.from_json(data["blob"]),
+        active=data["concept"] in active,
+        norm=float(data.get("norm", 0.0)),
+        m_k=data.get("m_k"),
+        iterations=int(data.get("iterations", 0)),
+        stop_reason=str(data.get("stop_reason", "")),
+        created=data["created"],
+        preserve_prompts=tuple(data.get("preserve_prompts", [])),
+        settings=dict(data.get("settings", {})),
+        stats=dict(data.get("stats", {})),
+    )
+
+
+def list_increments(store: Store, base: str) -> list[IncrementInfo]:
+    active = set(active_set(store, base))
+    return [
+        _info(store.read_manifest("increments", k), active)
+        for k in store.list_manifests("increments", base)
+    ]
+
+
+def get_increment(store: Store, base: str, concept: str) -> IncrementInfo:
+    key = _key(base, concept)
+    if not store.has_manifest("increments", key):
+        raise NotFound(
+            f"no increment {concept!r} on base {base!r}",
+            hint=f"`sepme list --base {base}` shows them; create one with `sepme erase {concept} --base {base}`",
+        )
+    return _info(store.read_manifest("increments", key), set(active_set(store, base)))
+
+
+def has_increment(store: Store, base: str, concept: str) -> bool:
+    return store.has_manifest("increments", _key(base, concept))
+
+
+def save_increment(
+    store: Store,
+    base: BaseInfo,
+    concept: str,
+    increment: Any,
+    *,
+    prompt: str,
+    method: str,
+    m_k: int | None,
+    iterations: int,
+    stop_reason: str,
+    preserve_prompts: list[str],
+    settings: dict[str, Any],
+    stats: dict[str, Any],
+    force: bool = False,
+    activate: bool = True,
+) -> IncrementInfo:
+    """Write the increment's tensors as a blob (via an .incomplete file) and its manifest."""
+    import torch
+
+    key = _key(base.name, concept)
+    if store.has_manifest("increments", key) and not force:
+        raise AlreadyExists(
+            f"increment {concept!r} exists on base {base.name!r}",
+            hint="pass --force to replace it, or `sepme rm " + concept + "` first",
+        )
+    meta = {
+        "sepme.version": __version__,
+        "sepme.base": base.name,
+        "sepme.base_digest": base.base_digest,
+        "sepme.concept": concept,
+        "sepme.prompt": prompt,
+        "sepme.method": method,
+        "sepme.settings": json.dumps(settings, sort_keys=True),
+        "sepme.preserve_prompts": json.dumps(preserve_prompts),
+    }
+    increment = increment.with_meta(**meta)
+    norm = float(
+        torch.sqrt(
+            sum((increment.delta(n).double() ** 2).sum() for n in increment.layer_names())
+        ).item()
+    )
+    with store.locked():
+        tmp = store.incomplete_path("increment")
+        try:
+            increment.save(tmp)
+            ref = store.put_blob_file(tmp, move=True)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                Path(tmp).unlink()
+        store.write_manifest(
+            "increments",
+            key,
+            {
+                "kind": "increment",
+                "base": base.name,
+                "base_digest": base.base_digest,
+                "concept": concept,
+                "prompt": prompt,
+                "method": method,
+                "blob": ref.to_json(),
+                "norm": norm,
+                "m_k": m_k,
+                "iterations": iterations,
+                "stop_reason": stop_reason,
+                "preserve_prompts": preserve_prompts,
+                "settings": settings,
+                "stats": stats,
+                "created": now_iso(),
+                "sepme_version": __version__,
+            },
+        )
+        if activate:
+            set_active(store, base.name, sorted(set(active_set(store, base.name)) | {concept}))
+    return get_increment(store, base.name, concept)
+
+
+def set_active(store: Store, base: str, names: list[str]) -> None:
+    store.write_manifest(
+        "compositions", base, {"kind": "composition", "base": base, "active": sorted(set(names))}
+    )
+
+
+def remove_increment(
+    store: Store, base: str, concept: str, *, dry_run: bool = False
+) -> IncrementInfo:
+    info = get_increment(store, base, concept)
+    if not dry_run:
+        with store.locked():
+            set_active(store, base, [c for c in active_set(store, base) if c != concept])
+            store.delete_manifest("increments", _key(base, concept))
+    return info
+
+
+def load_increment(store: Store, info: IncrementInfo, base: BaseInfo | None = None) -> Any:
+    """Load the tensors; refuse an increment bound to another base or to other layers."""
+    from sepme_engine.erase.increment import Increment
+
+    if base is not None:
+        check_binding(info, base)
+    inc = Increment.load(store.blob_path(info.blob))
+    if base is not None:
+        layers = dict(base.cross_attn_layers)
+        for name, shape in inc.shapes().items():
+            if name not in layers or tuple(layers[name]) != tuple(shape):
+                raise BaseMismatch(
+                    f"increment {info.concept!r} has layer {name} {shape} that base {base.name!r} "
+                    f"does not have ({layers.get(name)})",
+                    hint="the increment was made for another model; erase the concept again on this base",
+                )
+    return inc
+
+
+def check_binding(info: IncrementInfo, base: BaseInfo) -> None:
+    if info.base_digest != base.base_digest:
+        raise BaseMismatch(
+            f"increment {info.concept!r} was made for base digest {info.base_digest[:19]}, "
+            f"but base {base.name!r} is {base.base_digest[:19]}",
+            hint=f"the base changed since; erase the concept again (`sepme erase {info.concept} --force`)",
+        )
