@@ -50,7 +50,9 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]
 
 
-@pytest.mark.parametrize("name", ["a/b", "..", "a..b", "with space", "tab\tname", "Upper", "", "-x"])
+@pytest.mark.parametrize(
+    "name", ["a/b", "..", "a..b", "with space", "tab\tname", "Upper", "", "-x"]
+)
 def test_invalid_names(name: str) -> None:
     with pytest.raises(InvalidName):
         validate_name(name)
@@ -91,7 +93,9 @@ def test_lock_waits_then_proceeds(sepme_home: Path) -> None:
         "l = FileLock(sys.argv[1]); l.acquire(); open(sys.argv[2], 'w').close(); "
         "time.sleep(1.0); l.release()"
     )
-    proc = subprocess.Popen([sys.executable, "-c", code, str(sepme_home / "store.lock"), str(ready)])
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(sepme_home / "store.lock"), str(ready)]
+    )
     try:
         deadline = time.monotonic() + 30
         while not ready.exists() and time.monotonic() < deadline:

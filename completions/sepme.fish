@@ -1,0 +1,1 @@
+complete --command sepme --no-files --arguments "(env _SEPME_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS=(commandline -cp) sepme)" --condition "env _SEPME_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=is-args _TYPER_COMPLETE_ARGS=(commandline -cp) sepme"

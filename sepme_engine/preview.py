@@ -1,0 +1,157 @@
+"""`sepme generate` and `sepme eval` over the store: sample a base with a composition applied.
+
+The composition (active set, a variant, or an explicit --erase list) is applied in place with the
+canonical rule (W.float() + D).to(dtype) and removed afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sepme_engine.bases import TOY, BaseInfo, get_base, load_base
+from sepme_engine.compose import composition_deltas, selection
+from sepme_engine.config import load_config
+from sepme_engine.device import resolve_device
+from sepme_engine.errors import InvalidInput
+from sepme_engine.store import Store
+
+SD_STEPS, SD_GUIDANCE = 30, 7.5
+
+
+@dataclass(frozen=True)
+class GenerateReport:
+    base: str
+    path: str
+    prompts: tuple[str, ...]
+    erased: tuple[str, ...]
+    compare: bool
+    n: int
+    seed: int
+    steps: int
+    guidance: float
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def sampling_defaults(info: BaseInfo) -> tuple[int, float]:
+    if info.profile == TOY:
+        from sepme_engine.toy import TOY_GUIDANCE, TOY_STEPS
+
+        return int(TOY_STEPS), float(TOY_GUIDANCE)
+    return SD_STEPS, SD_GUIDANCE
+
+
+@contextlib.contextmanager
+def composed(store: Store, info: BaseInfo, pipe: Any, names: Sequence[str]) -> Iterator[None]:
+    from sepme_engine.erase.hooks import apply_deltas_inplace
+
+    if not names:
+        yield
+        return
+    with apply_deltas_inplace(pipe.unet, composition_deltas(store, info, names)):
+        yield
+
+
+def _select(
+    store: Store, info: BaseInfo, variant: str | None, erase: Sequence[str] | None, plain: bool
+) -> tuple[str, ...]:
+    if plain:
+        if variant or erase:
+            raise InvalidInput("--plain ignores increments; drop --variant/--erase")
+        return ()
+    return selection(store, info, variant=variant, erase=erase)
+
+
+def generate(
+    store: Store,
+    prompts: Sequence[str],
+    out: Path,
+    *,
+    base: str | None = None,
+    seed: int = 0,
+    n: int = 4,
+    steps: int | None = None,
+    guidance: float | None = None,
+    compare: bool = False,
+    variant: str | None = None,
+    erase: Sequence[str] | None = None,
+    plain: bool = False,
+    device: str | None = None,
+) -> GenerateReport:
+    """Render a labelled grid: one row per prompt (two with --compare: base, then composition)."""
+    import numpy as np
+
+    from sepme_engine.generate import image_grid, sample_images
+    from sepme_engine.store.atomic import atomic_open
+
+    if not prompts or any(not p.strip() for p in prompts):
+        raise InvalidInput(
+            "give at least one non-empty prompt",
+            hint='e.g. `sepme generate "a red circle on stripes"`',
+        )
+    if n < 1:
+        raise InvalidInput("--n must be at least 1")
+    out = Path(out)
+    if out.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
+        raise InvalidInput(f"{out} is not an image path", hint="give -o a .png file")
+    info = get_base(store, base)
+    names = _select(store, info, variant, erase, plain)
+    d_steps, d_guidance = sampling_defaults(info)
+    steps = steps or d_steps
+    guidance = d_guidance if guidance is None else guidance
+    dev = resolve_device(device or load_config(store.root).get("device"))
+    pipe = load_base(store, info.name, device=dev)
+    rows: list[np.ndarray] = []
+    labels: list[str] = []
+    for prompt in prompts:
+        if compare:
+            rows.append(sample_images(pipe, [prompt], seed, n, steps, guidance, device=dev))
+            labels.append(f"base: {prompt}")
+        with composed(store, info, pipe, names):
+            rows.append(sample_images(pipe, [prompt], seed, n, steps, guidance, device=dev))
+        tag = ("-" + ",".join(names)) if names else ""
+        labels.append(f"{'erased' + tag if compare or names else 'base'}: {prompt}")
+    images = np.concatenate(rows)
+    grid = image_grid(images, rows=len(rows), cols=n, row_labels=labels)
+    fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}.get(out.suffix.lower(), "PNG")
+    with atomic_open(out) as fh:
+        grid.save(fh, format=fmt)
+    return GenerateReport(
+        info.name, str(out), tuple(prompts), names, compare, n, seed, steps, guidance
+    )
+
+
+def evaluate_base(
+    store: Store,
+    *,
+    base: str | None = None,
+    n_per_prompt: int = 8,
+    seed: int = 0,
+    variant: str | None = None,
+    erase: Sequence[str] | None = None,
+    plain: bool = False,
+    device: str | None = None,
+) -> tuple[tuple[str, ...], Any]:
+    """(erased concepts, toy EvalReport) for the toy world's fixed prompt set."""
+    info = get_base(store, base)
+    if info.profile != TOY:
+        raise InvalidInput(
+            f"the judge only applies to the toy world; base {info.name!r} is not the toy base",
+            hint="use `sepme generate --compare` to look at a real base",
+        )
+    from sepme_engine.toy.evaluate import evaluate
+
+    names = _select(store, info, variant, erase, plain)
+    dev = resolve_device(device or load_config(store.root).get("device"))
+    pipe = load_base(store, info.name, device=dev)
+    steps, guidance = sampling_defaults(info)
+    with composed(store, info, pipe, names):
+        report = evaluate(
+            pipe, n_per_prompt=n_per_prompt, seed=seed, steps=steps, guidance=guidance
+        )
+    return names, report
