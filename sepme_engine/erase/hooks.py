@@ -57,7 +57,11 @@ class DeltaLinear(nn.Linear):
             for b, c in terms
         ]
         for basis, coef in self.terms:
-            expected = (self.out_features, self.in_features) if basis is None else (self.out_features, basis.shape[0])
+            expected = (
+                (self.out_features, self.in_features)
+                if basis is None
+                else (self.out_features, basis.shape[0])
+            )
             if (basis is not None and basis.shape[1] != self.in_features) or tuple(
                 coef.shape
             ) != expected:
@@ -136,7 +140,9 @@ def set_increments(unet: nn.Module, increments: Sequence[Increment]) -> None:
     terms: dict[str, list[Term]] = {}
     for inc in increments:
         for name in inc.layer_names():
-            term: Term = (inc.basis, inc.coefs[name]) if inc.kind == "factored" else (None, inc.deltas[name])
+            term: Term = (
+                (inc.basis, inc.coefs[name]) if inc.kind == "factored" else (None, inc.deltas[name])
+            )
             terms.setdefault(name, []).append(term)
     set_terms(unet, terms)
 
@@ -156,7 +162,9 @@ def deltas_enabled(unet: nn.Module, enabled: bool = True) -> Iterator[None]:
 
 
 @contextmanager
-def attached(unet: nn.Module, increments: Sequence[Increment] = ()) -> Iterator[dict[str, DeltaLinear]]:
+def attached(
+    unet: nn.Module, increments: Sequence[Increment] = ()
+) -> Iterator[dict[str, DeltaLinear]]:
     """`attach` + `set_increments` for the duration of the block, then `detach`."""
     layers = attach(unet)
     try:

@@ -118,7 +118,10 @@ class Increment:
             assert self.basis is not None
             d_in = int(self.basis.shape[1])
             return {k: (int(self.coefs[k].shape[0]), d_in) for k in self.layer_names()}
-        return {k: (int(self.deltas[k].shape[0]), int(self.deltas[k].shape[1])) for k in self.layer_names()}
+        return {
+            k: (int(self.deltas[k].shape[0]), int(self.deltas[k].shape[1]))
+            for k in self.layer_names()
+        }
 
     def delta(self, layer: str) -> torch.Tensor:
         """Dense ΔW `[d_out, d_in]` float32 of `layer`.
@@ -133,11 +136,18 @@ class Increment:
 
     def rank(self) -> int:
         """Factored: m, the number of basis rows (an upper bound on every ΔW's rank).
-        Dense: the largest numerical rank among the layers' ΔW."""
+        Dense: the largest numerical rank among the layers' ΔW (float32 tolerance)."""
         if self.kind == "factored":
             assert self.basis is not None
             return int(self.basis.shape[0])
-        return max((int(torch.linalg.matrix_rank(d.double())) for d in self.deltas.values()), default=0)
+        eps = torch.finfo(torch.float32).eps  # the deltas are float32 values
+        return max(
+            (
+                int(torch.linalg.matrix_rank(d.double(), rtol=max(d.shape) * eps))
+                for d in self.deltas.values()
+            ),
+            default=0,
+        )
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """The tensors as stored on disk, by key."""
@@ -159,7 +169,10 @@ class Increment:
             "sepme.kind": self.kind,
             **dict(self.meta),
         }
-        tensors = {k: v.detach().to("cpu", torch.float32).contiguous().clone() for k, v in self.tensors().items()}
+        tensors = {
+            k: v.detach().to("cpu", torch.float32).contiguous().clone()
+            for k, v in self.tensors().items()
+        }
         save_file(tensors, str(path), metadata=metadata)
 
     @classmethod
@@ -205,12 +218,21 @@ class Increment:
                 extra = set(tensors) - {"basis"} - {f"{k}.coef" for k in coefs}
                 if extra:
                     raise CorruptEntry(f"{p}: unexpected tensors {sorted(extra)}")
-                return cls(kind="factored", basis=tensors["basis"].float(), coefs={k: coefs[k].float() for k in sorted(coefs)}, meta=meta)
+                return cls(
+                    kind="factored",
+                    basis=tensors["basis"].float(),
+                    coefs={k: coefs[k].float() for k in sorted(coefs)},
+                    meta=meta,
+                )
             if kind == "dense":
-                deltas = {k[: -len(".delta")]: v for k, v in tensors.items() if k.endswith(".delta")}
+                deltas = {
+                    k[: -len(".delta")]: v for k, v in tensors.items() if k.endswith(".delta")
+                }
                 if len(deltas) != len(tensors):
                     raise CorruptEntry(f"{p}: unexpected tensors in a dense increment")
-                return cls(kind="dense", deltas={k: deltas[k].float() for k in sorted(deltas)}, meta=meta)
+                return cls(
+                    kind="dense", deltas={k: deltas[k].float() for k in sorted(deltas)}, meta=meta
+                )
         except InvalidInput as exc:
             raise CorruptEntry(f"{p}: {exc.message}") from exc
         raise CorruptEntry(f"{p}: unknown increment kind {kind!r}")

@@ -221,15 +221,14 @@ def erase(
     for name, p in targets:
         emit(Event("start", name, total=config.max_steps))
         t0 = time.perf_counter()
+        def on_images(done: int, total: int, name: str = name) -> None:
+            emit(Event("images", name, done, total))
+
+        def on_step(s: Any, name: str = name) -> None:
+            emit(Event("step", name, s.iteration, s.max_steps, s))
+
         latents, data_passes, cached = training_latents(
-            store,
-            info,
-            pipe,
-            p,
-            settings,
-            dev,
-            dtype_name,
-            progress=lambda d, t, name=name: emit(Event("images", name, d, t)),
+            store, info, pipe, p, settings, dev, dtype_name, progress=on_images
         )
         e_k = [
             q for q in [*(tp for tn, tp in targets if tn != name), *earlier, *preserve] if q != p
@@ -241,7 +240,7 @@ def erase(
             latents,
             config,
             dev,
-            progress=lambda s, name=name: emit(Event("step", name, s.iteration, s.max_steps, s)),
+            progress=on_step,
         )
         wall = time.perf_counter() - t0
         stats = {
