@@ -47,7 +47,10 @@ def _progress(tau: float | None) -> Any:
                 if key not in tasks:
                     tasks[key] = bar.add_task(f"{ev.concept}: erasing", total=ev.total, stats="")
                 rate = s.iteration / s.elapsed_s if s.elapsed_s > 0 else 0.0
-                stats = f"L_cor {s.lcor:+.3e}  m {s.momentum:+.3e} vs τ {tau if tau is not None else 0:+g}  {rate:.1f} it/s"
+                if hasattr(s, "lcor"):
+                    stats = f"L_cor {s.lcor:+.3e}  m {s.momentum:+.3e} vs τ {tau if tau is not None else 0:+g}  {rate:.1f} it/s"
+                else:
+                    stats = f"loss {s.loss:.3e}  {rate:.1f} it/s"
                 bar.update(tasks[key], completed=s.iteration, stats=stats)
             elif ev.kind == "done":
                 key = (ev.concept, "train")

@@ -360,6 +360,7 @@ def add_base(
         "base_digest": base_digest,
         "size": size,
         "format": "single_file" if src.kind == "single_file" else "diffusers",
+        "file_format": src.file_format,
         "arch": src.arch,
         "profile": src.arch,
         "prediction_type": src.prediction_type,
@@ -442,9 +443,14 @@ def load_base(
     kwargs: dict[str, Any] = {"device": device}
     if dtype is not None:
         kwargs["dtype"] = dtype
+    pickled = False
+    if not info.builtin:
+        # the user accepted the pickle when adding it (--allow-pickle); it loads weights_only
+        pickled = store.read_manifest("bases", info.name).get("file_format") == "pickle"
     return load_pipeline(
         path,
         "single_file" if fmt == "single_file" else "diffusers",
+        allow_pickle=pickled,
         arch=info.arch,
         prediction_type=info.prediction_type,
         **kwargs,

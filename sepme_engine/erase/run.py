@@ -18,7 +18,7 @@ from sepme_engine.errors import AlreadyExists, InvalidInput
 from sepme_engine.increments import concept_name, has_increment, list_increments, save_increment
 from sepme_engine.store import Store
 
-METHODS = ("sepme",)
+METHODS = ("sepme", "esd-x", "fmn", "uce")
 
 
 @dataclass(frozen=True)
@@ -141,6 +141,78 @@ def training_latents(
     return latents, passes, False
 
 
+@dataclass(frozen=True)
+class _Trained:
+    increment: Any
+    iterations: int
+    stop_reason: str
+    unet_passes_training: int
+    m_k: int | None
+    settings: dict[str, Any]
+    stats: dict[str, Any]
+
+
+def _train(
+    method: str,
+    pipe: Any,
+    prompt: str,
+    e_k: list[str],
+    latents: Any,
+    config: Any,
+    overrides: dict[str, Any],
+    device: Any,
+    on_step: Callable[[Any], None],
+) -> _Trained:
+    """Run one method; baselines take their own defaults unless the command line overrides them."""
+    from dataclasses import asdict
+
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if method == "sepme":
+        from sepme_engine.erase.sepme import train_sepme
+
+        r = train_sepme(pipe, prompt, e_k, latents, config, device, progress=on_step)
+        stats = {
+            "final_lcor": r.final_lcor,
+            "final_m": r.final_m,
+            "train_wall_s": round(r.wall_s, 3),
+            "concept_null_fraction": r.concept_null_fraction,
+        }
+        return _Trained(
+            r.increment,
+            r.iterations,
+            r.stop_reason,
+            r.unet_passes_training,
+            r.m_k,
+            asdict(config),
+            stats,
+        )
+    if method == "esd-x":
+        from sepme_engine.erase.esd import EsdConfig, train_esd
+
+        cfg: Any = EsdConfig(**{k: given[k] for k in ("steps", "lr", "seed") if k in given})
+        r2 = train_esd(pipe, prompt, latents, cfg, device, progress=on_step)
+    elif method == "fmn":
+        from sepme_engine.erase.fmn import FmnConfig, train_fmn
+
+        cfg = FmnConfig(**{k: given[k] for k in ("steps", "lr", "seed") if k in given})
+        r2 = train_fmn(pipe, prompt, latents, cfg, device, progress=on_step)
+    else:
+        from sepme_engine.erase.uce import UceConfig, train_uce
+
+        cfg = UceConfig()
+        r2 = train_uce(pipe, prompt, e_k, cfg, device)
+    stats = {"final_loss": r2.final_loss, "train_wall_s": round(r2.wall_s, 3)}
+    return _Trained(
+        r2.increment,
+        r2.iterations,
+        r2.stop_reason,
+        r2.unet_passes_training,
+        None,
+        asdict(cfg),
+        stats,
+    )
+
+
 def erase(
     store: Store,
     concepts: Sequence[str],
@@ -159,7 +231,7 @@ def erase(
     """Train one increment per concept. Several concepts = the all-known scenario."""
     import torch
 
-    from sepme_engine.erase.sepme import SepMEConfig, train_sepme
+    from sepme_engine.erase.sepme import SepMEConfig
     from sepme_engine.erase.text import check_prompt
 
     emit = on_event or (lambda _e: None)
@@ -221,37 +293,30 @@ def erase(
     for name, p in targets:
         emit(Event("start", name, total=config.max_steps))
         t0 = time.perf_counter()
+
         def on_images(done: int, total: int, name: str = name) -> None:
             emit(Event("images", name, done, total))
 
         def on_step(s: Any, name: str = name) -> None:
             emit(Event("step", name, s.iteration, s.max_steps, s))
 
-        latents, data_passes, cached = training_latents(
-            store, info, pipe, p, settings, dev, dtype_name, progress=on_images
-        )
         e_k = [
             q for q in [*(tp for tn, tp in targets if tn != name), *earlier, *preserve] if q != p
         ]
-        result = train_sepme(
-            pipe,
-            p,
-            e_k,
-            latents,
-            config,
-            dev,
-            progress=on_step,
-        )
+        data_passes, cached = 0, False
+        latents = None
+        if method != "uce":
+            latents, data_passes, cached = training_latents(
+                store, info, pipe, p, settings, dev, dtype_name, progress=on_images
+            )
+        trained = _train(method, pipe, p, e_k, latents, config, overrides or {}, dev, on_step)
         wall = time.perf_counter() - t0
         stats = {
-            "final_lcor": result.final_lcor,
-            "final_m": result.final_m,
+            **trained.stats,
             "unet_passes_data": data_passes,
-            "unet_passes_training": result.unet_passes_training,
+            "unet_passes_training": trained.unet_passes_training,
             "data_cached": cached,
             "wall_s": round(wall, 3),
-            "train_wall_s": round(result.wall_s, 3),
-            "concept_null_fraction": result.concept_null_fraction,
             "device": str(dev),
             "dtype": dtype_name,
             "sepme_version": __version__,
@@ -260,14 +325,14 @@ def erase(
             store,
             info,
             name,
-            result.increment,
+            trained.increment,
             prompt=p,
             method=method,
-            m_k=result.m_k,
-            iterations=result.iterations,
-            stop_reason=result.stop_reason,
-            preserve_prompts=["", *e_k],
-            settings={**settings, "method": method},
+            m_k=trained.m_k,
+            iterations=trained.iterations,
+            stop_reason=trained.stop_reason,
+            preserve_prompts=["", *e_k] if method in ("sepme", "uce") else [],
+            settings={**trained.settings, "method": method},
             stats=stats,
             force=force,
             activate=apply,
@@ -276,14 +341,14 @@ def erase(
             concept=name,
             prompt=p,
             method=method,
-            iterations=result.iterations,
-            stop_reason=result.stop_reason,
+            iterations=trained.iterations,
+            stop_reason=trained.stop_reason,
             norm=saved.norm,
-            m_k=result.m_k,
-            final_lcor=result.final_lcor,
-            final_m=result.final_m,
+            m_k=trained.m_k,
+            final_lcor=trained.stats.get("final_lcor"),
+            final_m=trained.stats.get("final_m"),
             unet_passes_data=data_passes,
-            unet_passes_training=result.unet_passes_training,
+            unet_passes_training=trained.unet_passes_training,
             data_cached=cached,
             wall_s=round(wall, 3),
         )

@@ -8,7 +8,7 @@ Layout (ollama-style manifests over content-addressed blobs)::
       store.lock                      held by every mutation
       blobs/sha256-<hex>              immutable content
       tmp/                            *.incomplete files while writing
-      views/<hex>/...                 symlink trees that give blobs their original file names
+      views/<hex>/...                 hard-link trees that give blobs their original file names
       cache/                          regenerable data (training latents)
       manifests/bases/<name>.json
       manifests/increments/<base>/<concept>.json
@@ -229,7 +229,7 @@ class Store:
         return ref
 
     def view(self, key: str, files: dict[str, BlobRef]) -> Path:
-        """A folder whose files (symlinks) give blobs their original relative names.
+        """A folder whose files (hard links to blobs) give blobs their original relative names.
 
         Loaders that care about file names and layouts (diffusers) read from it.
         """
@@ -251,8 +251,8 @@ class Store:
                             f"blob {ref.digest} for {rel} is missing from the store",
                             hint="run `sepme store verify`; re-add the base",
                         )
-                    try:
-                        target.symlink_to(blob)
+                    try:  # hard links keep the file name loaders look at (symlinks get resolved)
+                        os.link(blob, target)
                     except OSError:
                         shutil.copyfile(blob, target)
                 (tmp / ".complete").write_text("")
