@@ -4,33 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from sepme_engine.errors import DeviceUnavailable, InvalidInput
+from sepme_engine.errors import InvalidInput
+from sepme_engine.models.arch import resolve_device
+
+__all__ = ["resolve_device", "resolve_dtype"]
 
 DTYPE_NAMES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
-
-
-def resolve_device(name: str = "auto") -> Any:
-    import torch
-
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise DeviceUnavailable(
-            "CUDA is not available on this machine", hint="use --device cpu (or auto)"
-        )
-    if name == "mps" and not (
-        getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
-    ):
-        raise DeviceUnavailable(
-            "MPS is not available on this machine", hint="use --device cpu (or auto)"
-        )
-    if not (name == "cpu" or name == "mps" or name.startswith("cuda")):
-        raise InvalidInput(f"unknown device {name!r}", hint="use auto, cpu, cuda, cuda:N or mps")
-    return torch.device(name)
 
 
 def resolve_dtype(name: str, device: Any) -> str:

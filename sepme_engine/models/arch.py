@@ -111,11 +111,11 @@ def cross_attention_kv(unet: Any) -> list[tuple[str, torch.nn.Linear]]:
     return sorted(out, key=lambda item: layer_sort_key(item[0]))
 
 
-def resolve_device(device: str) -> torch.device:
+def resolve_device(device: Any) -> torch.device:
     """ "auto" -> cuda, then mps, then cpu; an explicit device must be available."""
     import torch
 
-    name = (device or "auto").strip().lower()
+    name = str(device or "auto").strip().lower()
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")

@@ -1,0 +1,166 @@
+"""End to end on a tiny model: erase, list/show, compose/restore, inspect, rm — real store on disk."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from sepme_cli.app import app
+from sepme_engine import bases
+from sepme_engine.compose import composition_deltas
+from sepme_engine.store import Store
+from tests._fixtures import save_diffusers, tiny
+
+runner = CliRunner()
+FAST = ["--steps", "12", "--images", "1", "--lr", "0.1", "--beta", "0.01"]
+
+
+def run(*args: str):
+    return runner.invoke(app, list(args))
+
+
+@pytest.fixture
+def tiny_base(tmp_path: Path, store: Store) -> str:
+    folder = save_diffusers(tiny("sd1", max_length=8), tmp_path / "pipe")
+    assert run("base", "add", "tiny", str(folder)).exit_code == 0
+    assert run("base", "use", "tiny").exit_code == 0
+    (store.root / "config.toml").write_text("[erase.sd1]\nimage_steps = 2\n", encoding="utf-8")
+    return "tiny"
+
+
+def test_erase_compose_restore_inspect(tiny_base: str, store: Store, tmp_path: Path) -> None:
+    res = run("erase", "cat", "dog", *FAST, "--json")
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)
+    assert [o["concept"] for o in report["outcomes"]] == ["cat", "dog"]
+    assert report["active"] == ["cat", "dog"] and report["device"] == "cpu"
+    for o in report["outcomes"]:
+        assert o["iterations"] >= 1 and o["norm"] > 0 and o["m_k"] > 0
+        assert o["unet_passes_training"] == 3 * o["iterations"]
+        assert o["unet_passes_data"] == 1 * 2 * 2  # 1 image, 2 steps, 2 CFG branches
+
+    shown = json.loads(run("show", "cat", "--json").stdout)
+    assert shown["prompt"] == "cat" and shown["active"] is True
+    assert shown["preserve_prompts"] == ["", "dog"]  # all-known: the other concept is preserved
+    assert shown["settings"]["lr"] == 0.1 and shown["settings"]["method"] == "sepme"
+    assert (
+        shown["stats"]["device"] == "cpu"
+        and shown["base_digest"] == bases.get_base(store, "tiny").base_digest
+    )
+
+    listed = json.loads(run("list", "--json").stdout)
+    assert [(i["concept"], i["active"]) for i in listed] == [("cat", True), ("dog", True)]
+
+    # sequential scenario: a later concept preserves the earlier ones
+    res = run("erase", "bird", *FAST, "--no-apply")
+    assert res.exit_code == 0, res.output
+    assert json.loads(run("show", "bird", "--json").stdout)["preserve_prompts"] == [
+        "",
+        "cat",
+        "dog",
+    ]
+    assert json.loads(run("list", "--json").stdout)[0]["active"] is False
+
+    # restore is exact: {cat, dog} then restore dog == {cat}
+    info = bases.get_base(store, "tiny")
+    res = run("compose", "--restore", "dog", "--json")
+    assert json.loads(res.stdout)["active"] == ["cat"]
+    d_cat = composition_deltas(store, info, ["cat"])
+    d_after = composition_deltas(store, info, json.loads(res.stdout)["active"])
+    assert all(torch.equal(d_cat[k], d_after[k]) for k in d_cat)
+    pipe = bases.load_base(store, "tiny")
+    from sepme_engine.erase.hooks import apply_deltas_inplace
+
+    with apply_deltas_inplace(pipe.unet, composition_deltas(store, info, ["cat", "dog"])):
+        pass
+    with apply_deltas_inplace(pipe.unet, d_after):
+        w1 = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    with apply_deltas_inplace(pipe.unet, composition_deltas(store, info, ["cat"])):
+        w2 = pipe.unet.state_dict()
+        assert all(torch.equal(w1[k], w2[k]) for k in w1)
+
+    res = run("compose", "--erase", "dog,bird", "--name", "all3", "--json")
+    assert json.loads(res.stdout) == {
+        "base": "tiny",
+        "active": ["bird", "cat", "dog"],
+        "added": ["bird", "dog"],
+        "removed": [],
+        "saved_as": "all3",
+    }
+    assert json.loads(run("variants", "--json").stdout)[0]["active"] == ["bird", "cat", "dog"]
+    res = run("compose", "--from", "all3", "--restore", "bird", "--json")
+    assert json.loads(res.stdout)["active"] == ["cat", "dog"]
+    res = run("compose", "--restore", "bird")
+    assert res.exit_code == 1 and "not erased" in res.stderr
+    res = run("compose", "--erase", "unicorn")
+    assert res.exit_code == 1 and "no increment 'unicorn'" in res.stderr
+
+    plot = tmp_path / "heat.png"
+    res = run("inspect", "--json", "--plot", str(plot), "--layers")
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert data["concepts"] == ["bird", "cat", "dog"]
+    R = data["residual"]
+    # increments are decoupled from the concepts in their E_k: bird preserves cat and dog,
+    # cat preserves dog, dog preserves cat
+    assert R[0][1] < 1e-5 and R[0][2] < 1e-5 and R[1][2] < 1e-5 and R[2][1] < 1e-5
+    assert R[1][1] > 1e-4 and R[2][2] > 1e-4  # and they do change their own concept
+    assert abs(data["correlation"][1][1] - 1) < 1e-9
+    assert len(data["increments"][0]["layers"]) == 8
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    res = run("erase", "cat", *FAST)
+    assert res.exit_code == 1 and "--force" in res.stderr
+    assert run("rm", "dog", "--dry-run").exit_code == 0 and store.has_manifest(
+        "increments", "tiny/dog"
+    )
+    assert run("rm", "dog", "-y").exit_code == 0
+    assert json.loads(run("compose", "--json").stdout)["active"] == ["cat"]
+
+
+def test_erase_bad_input_leaves_store_unchanged(tiny_base: str, store: Store) -> None:
+    before = sorted(p.name for p in store.blobs_dir.iterdir())
+    res = run("erase", "a very long prompt that does not fit", *FAST)
+    assert res.exit_code == 1 and "tokens" in res.stderr
+    res = run("erase", "   ", *FAST)
+    assert res.exit_code == 1 and "empty" in res.stderr
+    res = run("erase", "cat", "--base", "nope", *FAST)
+    assert res.exit_code == 1 and "sepme base add nope" in res.stderr
+    res = run("erase", "cat", "--device", "cuda", *FAST)
+    assert res.exit_code == 1 and "CUDA" in res.stderr
+    res = run("erase", "cat", "--method", "magic", *FAST)
+    assert res.exit_code == 1 and "unknown method" in res.stderr
+    assert sorted(p.name for p in store.blobs_dir.iterdir()) == before
+    assert not store.list_manifests("increments")
+
+
+def test_diverging_training_stores_nothing(tiny_base: str, store: Store) -> None:
+    res = run("erase", "cat", "--steps", "30", "--images", "1", "--lr", "1e30", "--beta", "1e30")
+    assert res.exit_code == 1 and "non-finite" in res.stderr
+    assert not store.list_manifests("increments")
+    assert not any(store.tmp_dir.iterdir())
+
+
+@pytest.mark.parametrize("method", ["esd-x", "fmn", "uce"])
+def test_baseline_methods_store_increments(tiny_base: str, method: str) -> None:
+    res = run(
+        "erase",
+        "cat",
+        "--method",
+        method,
+        "--steps",
+        "3",
+        "--images",
+        "1",
+        "--lr",
+        "1e-3",
+        "--json",
+    )
+    assert res.exit_code == 0, res.output
+    o = json.loads(res.stdout)["outcomes"][0]
+    assert o["method"] == method and o["norm"] > 0
+    assert json.loads(run("show", "cat", "--json").stdout)["method"] == method
