@@ -7,7 +7,6 @@ built-in toy base, from the shipped folder's JSON configs and safetensors header
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import time
 from collections.abc import Callable
@@ -22,22 +21,12 @@ from sepme_engine.errors import (
     NotFound,
     PickleRefused,
 )
+from sepme_engine.models.detect import KNOWN_BASES, PICKLE_SUFFIXES, inspect_source
 from sepme_engine.store import BlobRef, Store, validate_name
 from sepme_engine.store.core import hash_file
-from sepme_engine.store.safetensors_header import read_header
 
 TOY = "toy"
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
-# Well-known short names -> hub ids (used by `sepme base add sd15` with no SOURCE).
-KNOWN_BASES: dict[str, str] = {
-    "sd14": "CompVis/stable-diffusion-v1-4",
-    "sd15": "stable-diffusion-v1-5/stable-diffusion-v1-5",
-    "sd2-base": "stabilityai/stable-diffusion-2-base",
-    "sd2": "stabilityai/stable-diffusion-2",
-    "sd21-base": "stabilityai/stable-diffusion-2-1-base",
-    "sd21": "stabilityai/stable-diffusion-2-1",
-}
 
 
 @dataclass(frozen=True)
@@ -100,10 +89,6 @@ def tree_digest(files: dict[str, BlobRef]) -> str:
 
 
 # -- reading a diffusers folder without torch ------------------------------------------------
-def _json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
 def diffusers_files(folder: Path, allow_pickle: bool = False) -> list[str]:
     """The files of a pipeline folder sepme keeps (relative paths), safetensors preferred."""
     folder = Path(folder)
@@ -133,37 +118,6 @@ def diffusers_files(folder: Path, allow_pickle: bool = False) -> list[str]:
     return out
 
 
-def summarize_diffusers_folder(folder: Path) -> dict[str, Any]:
-    """Architecture facts from configs and safetensors headers (no torch)."""
-    folder = Path(folder)
-    unet_cfg = _json(folder / "unet" / "config.json")
-    te_cfg = _json(folder / "text_encoder" / "config.json")
-    sched_dir = folder / "scheduler"
-    sched_cfg = _json(next(sched_dir.glob("*.json")))
-    tok_cfg_path = folder / "tokenizer" / "tokenizer_config.json"
-    tok_cfg = _json(tok_cfg_path) if tok_cfg_path.exists() else {}
-    layers: list[tuple[str, tuple[int, int]]] = []
-    for st in sorted((folder / "unet").glob("*.safetensors")):
-        header, _ = read_header(st)
-        for key, info in header.items():
-            if ".attn2.to_k.weight" in key or ".attn2.to_v.weight" in key:
-                out_f, in_f = info["shape"]
-                layers.append((key[: -len(".weight")], (int(out_f), int(in_f))))
-        break
-    width = int(te_cfg.get("hidden_size", unet_cfg.get("cross_attention_dim", 0)))
-    pred = str(sched_cfg.get("prediction_type", "epsilon"))
-    arch = "sd1" if te_cfg.get("hidden_act") == "quick_gelu" else "sd2"
-    if arch == "sd2" and pred == "v_prediction":
-        arch = "sd2-v"
-    return {
-        "arch": arch,
-        "prediction_type": pred,
-        "text_width": width,
-        "tokenizer_max_length": int(tok_cfg.get("model_max_length", 77)),
-        "cross_attn_layers": [[n, list(s)] for n, s in sorted(layers)],
-    }
-
-
 # -- the built-in toy base -------------------------------------------------------------------
 _TOY_CACHE: dict[str, BaseInfo] = {}
 
@@ -181,7 +135,7 @@ def _toy_info(default: str) -> BaseInfo:
     key = str(folder)
     if key not in _TOY_CACHE:
         files = {rel: hash_file(folder / rel) for rel in diffusers_files(folder)}
-        summary = summarize_diffusers_folder(folder)
+        src = inspect_source(folder)
         mtime = os.path.getmtime(folder / "model_index.json")
         _TOY_CACHE[key] = BaseInfo(
             name=TOY,
@@ -190,12 +144,12 @@ def _toy_info(default: str) -> BaseInfo:
             linked=True,
             base_digest=tree_digest(files),
             size=sum(r.size for r in files.values()),
-            arch=summary["arch"],
+            arch=src.arch,
             profile=TOY,
-            prediction_type=summary["prediction_type"],
-            text_width=summary["text_width"],
-            tokenizer_max_length=summary["tokenizer_max_length"],
-            cross_attn_layers=tuple((n, (s[0], s[1])) for n, s in summary["cross_attn_layers"]),
+            prediction_type=src.prediction_type,
+            text_width=src.text_width,
+            tokenizer_max_length=src.tokenizer_max_length,
+            cross_attn_layers=src.cross_attn_layers,
             created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(mtime)),
             notes=("built in: ships with sepme, trained on the toy world",),
         )
@@ -301,8 +255,6 @@ def add_base(
             f"a base named {name!r} exists already",
             hint=f"choose another name, or `sepme base rm {name}` first (or pass --force)",
         )
-    from sepme_engine.models.detect import inspect_source
-
     src = inspect_source(source, prediction_type=prediction_type, allow_pickle=allow_pickle)
     path = Path(src.path) if src.path else None
     files: dict[str, BlobRef] = {}

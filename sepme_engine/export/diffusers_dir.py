@@ -10,6 +10,7 @@ under a temporary name next to `out_dir` and renamed into place when complete.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -18,7 +19,13 @@ from typing import Any
 import torch
 
 from sepme_engine.export._atomic import atomic_dir
-from sepme_engine.export.report import ExportReport, Meter, check_deltas, compose_weight, parse_dtype
+from sepme_engine.export.report import (
+    ExportReport,
+    Meter,
+    check_deltas,
+    compose_source,
+    parse_dtype,
+)
 from sepme_engine.export.safetensors_writer import TensorEntry, write_plain_file, write_safetensors
 
 DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
@@ -43,7 +50,7 @@ def module_entries(
                 key,
                 dt,
                 tuple(w.shape),
-                lambda w=w, d=deltas.get(key): compose_weight(w, d, out_dtype),
+                functools.partial(compose_source, w, deltas.get(key)),
             )
         )
     return entries
@@ -123,10 +130,14 @@ def export_diffusers(
             sub.mkdir()
             if _is_diffusers_model(comp):
                 comp.save_config(sub)
-                n_bytes += write_safetensors(sub / DIFFUSERS_WEIGHTS, entries, file_meta, progress=tick)
+                n_bytes += write_safetensors(
+                    sub / DIFFUSERS_WEIGHTS, entries, file_meta, progress=tick
+                )
             elif _is_transformers_model(comp):
                 _save_transformers_config(comp, sub, tdtype)
-                n_bytes += write_safetensors(sub / TRANSFORMERS_WEIGHTS, entries, file_meta, progress=tick)
+                n_bytes += write_safetensors(
+                    sub / TRANSFORMERS_WEIGHTS, entries, file_meta, progress=tick
+                )
             else:
                 comp.save_pretrained(sub)
             done += len(entries)

@@ -10,6 +10,8 @@ Per layer, the sum of the increments' ΔW is written:
   coefficients to `up` and their shared basis to `down` (rank Σm); dense increments are factored
   by SVD (singular values below float32 round-off dropped);
 - truncated to `rank` by SVD of the per-layer sum when its exact rank is larger.
+Every layer is written with the same rank (the largest; smaller ones padded with zero
+components), since diffusers mis-scales kohya LoRAs whose layers differ in rank.
 Each rank-one component is balanced (‖up_i‖ = ‖down_i‖) so fp16 keeps the small β-scaled values.
 The report gives the relative Frobenius error ‖ΔW − up·down‖/‖ΔW‖ measured after the cast, per
 layer (max) and overall.
@@ -24,11 +26,11 @@ from pathlib import Path
 
 import torch
 
-from sepme_engine.errors import InvalidInput
 from sepme_engine.erase.increment import Increment
+from sepme_engine.errors import InvalidInput
 from sepme_engine.export.modelspec import KOHYA_BASE_VERSION, check_arch, modelspec_metadata
 from sepme_engine.export.report import ExportReport, Meter, parse_dtype
-from sepme_engine.export.safetensors_writer import TensorEntry, write_safetensors
+from sepme_engine.export.safetensors_writer import TensorEntry, constant, write_safetensors
 
 LORA_PREFIX = "lora_unet_"
 
@@ -62,9 +64,7 @@ def _svd_factors(
     return (u[:, :k] * root).float(), (root[:, None] * vh[:k]).float(), s
 
 
-def _lowrank_svd(
-    a: torch.Tensor, b: torch.Tensor, rank: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _lowrank_svd(a: torch.Tensor, b: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Best rank-`rank` factors of a @ b (a [d_out, M], b [M, d_in], M small) via two QRs."""
     qa, ra = torch.linalg.qr(a.double())
     qb, rb = torch.linalg.qr(b.double().T)
@@ -112,6 +112,8 @@ def _layer_factors(
         down_parts.append(dd)
     up = torch.cat(up_parts, dim=1) if up_parts else delta.new_zeros(d_out, 0)
     down = torch.cat(down_parts, dim=0) if down_parts else delta.new_zeros(0, d_in)
+    if rank is None and up.shape[1] > min(d_out, d_in):
+        up, down, _ = _svd_factors(delta, None)  # the sum has full rank: one SVD is shorter
     if rank is not None and up.shape[1] > rank:
         if dense or up.shape[1] >= min(d_out, d_in):
             up, down, _ = _svd_factors(delta, rank)
@@ -191,19 +193,32 @@ def export_lora(
             hint="check the increments with `sepme inspect`",
         )
     max_rank = max(layer_ranks.values())
+    # One rank for every layer: diffusers' loader mis-scales LoRAs whose layers differ in rank
+    # (its alpha_pattern does not match kohya names), so pad with zero components.
+    for layer, up in ups.items():
+        pad = max_rank - up.shape[1]
+        if pad:
+            ups[layer] = torch.cat([up, up.new_zeros(up.shape[0], pad)], dim=1)
+            downs[layer] = torch.cat([downs[layer], up.new_zeros(pad, downs[layer].shape[1])])
 
     entries: list[TensorEntry] = []
     for layer in sorted(ups):
         key = lora_key(layer)
-        r = layer_ranks[layer]
+        alpha = torch.tensor(float(max_rank), dtype=tdtype)
         up_t, down_t = ups[layer], downs[layer]
-        entries.append(TensorEntry(f"{key}.alpha", tdtype, (), lambda r=r: torch.tensor(float(r), dtype=tdtype)))
-        entries.append(TensorEntry(f"{key}.lora_down.weight", tdtype, tuple(down_t.shape), lambda t=down_t: t))
-        entries.append(TensorEntry(f"{key}.lora_up.weight", tdtype, tuple(up_t.shape), lambda t=up_t: t))
+        entries.append(TensorEntry(f"{key}.alpha", tdtype, (), constant(alpha)))
+        entries.append(
+            TensorEntry(f"{key}.lora_down.weight", tdtype, tuple(down_t.shape), constant(down_t))
+        )
+        entries.append(
+            TensorEntry(f"{key}.lora_up.weight", tdtype, tuple(up_t.shape), constant(up_t))
+        )
 
     meta: dict[str, str] = {}
     meta.update(
-        modelspec_metadata(arch, title=title or "sepme: " + ", ".join(names), erased=names, lora=True)
+        modelspec_metadata(
+            arch, title=title or "sepme: " + ", ".join(names), erased=names, lora=True
+        )
     )
     meta.update(kohya_metadata(arch, max_rank, output_name=Path(out).stem))
     meta["sepme.lora_rank"] = "exact" if rank is None else str(rank)

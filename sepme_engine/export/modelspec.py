@@ -29,17 +29,13 @@ IMPL_DIFFUSERS = "diffusers"
 
 def check_arch(arch: str) -> str:
     if arch not in ARCHS:
-        raise InvalidInput(
-            f"unknown architecture {arch!r}", hint=f"use one of: {', '.join(ARCHS)}"
-        )
+        raise InvalidInput(f"unknown architecture {arch!r}", hint=f"use one of: {', '.join(ARCHS)}")
     return arch
 
 
 def normalize_prediction_type(prediction_type: str) -> str:
     """modelspec spelling: "v" or "epsilon" (accepts diffusers' "v_prediction")."""
-    p = {"v_prediction": "v", "v": "v", "epsilon": "epsilon", "eps": "epsilon"}.get(
-        prediction_type
-    )
+    p = {"v_prediction": "v", "v": "v", "epsilon": "epsilon", "eps": "epsilon"}.get(prediction_type)
     if p is None:
         raise InvalidInput(
             f"unsupported prediction type {prediction_type!r}",

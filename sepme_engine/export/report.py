@@ -93,6 +93,15 @@ def compose_weight(
     return (w_base.to(torch.float32) + delta.to(torch.float32)).to(out_dtype)
 
 
+def compose_source(w_base: torch.Tensor, delta: torch.Tensor | None) -> torch.Tensor:
+    """The composed weight before the cast to the export dtype: W_base itself (no copy) without a
+    delta, W_base.to(float32) + D with one. The streaming writer applies `.to(out_dtype)` slice by
+    slice, so the bytes written are exactly `compose_weight(w_base, delta, out_dtype)`."""
+    if delta is None:
+        return w_base
+    return w_base.to(torch.float32) + delta.to(torch.float32)
+
+
 def check_deltas(
     deltas: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor]
 ) -> dict[str, torch.Tensor]:

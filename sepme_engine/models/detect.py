@@ -47,6 +47,7 @@ from sepme_engine.models.ldm_keys import (
     VAE_PREFIX,
     ldm_unet_to_diffusers,
 )
+from sepme_engine.store.safetensors_header import read_header
 
 KNOWN_BASES: dict[str, str] = {
     "sd14": "CompVis/stable-diffusion-v1-4",
@@ -65,11 +66,7 @@ HUB_CACHE_ALIASES: dict[str, tuple[str, ...]] = {
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-_DTYPE_SIZES = {
-    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
-    "BOOL": 1, "U16": 2, "U32": 4, "U64": 8, "F8_E4M3": 1, "F8_E5M2": 1,
-}  # fmt: skip
-_MAX_HEADER = 100 * 1024 * 1024
+_REDOWNLOAD = "the file is damaged or incomplete: download or copy it again"
 
 
 @dataclass(frozen=True)
@@ -108,70 +105,15 @@ def read_safetensors_header(
 ) -> tuple[dict[str, tuple[str, tuple[int, ...]]], dict[str, str]]:
     """Tensor name -> (dtype, shape), and the string metadata, from a safetensors file's header.
 
-    Checks that every tensor's byte range is consistent with its dtype and shape and lies in the
-    file, so a truncated download is caught here (CorruptEntry), not deep inside a loader.
+    The store's header reader checks that every tensor's byte range is consistent with its dtype
+    and shape and lies in the file, so a truncated download is caught here (CorruptEntry).
     """
-    path = Path(path)
-    size = path.stat().st_size
-    if size < 8:
-        raise CorruptEntry(
-            f"{path.name} is not a safetensors file ({size} bytes)", hint=_REDOWNLOAD
-        )
-    with path.open("rb") as f:
-        n = int.from_bytes(f.read(8), "little")
-        if n <= 0 or n > _MAX_HEADER or 8 + n > size:
-            raise CorruptEntry(
-                f"{path.name} is truncated or not a safetensors file (header length {n}, file {size} bytes)",
-                hint=_REDOWNLOAD,
-            )
-        raw = f.read(n)
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CorruptEntry(
-            f"{path.name} has an unreadable safetensors header: {e}", hint=_REDOWNLOAD
-        ) from e
-    if not isinstance(header, dict):
-        raise CorruptEntry(f"{path.name} has a malformed safetensors header", hint=_REDOWNLOAD)
-    meta_raw = header.pop("__metadata__", None) or {}
-    if not isinstance(meta_raw, dict):
-        raise CorruptEntry(f"{path.name} has malformed safetensors metadata", hint=_REDOWNLOAD)
-    data_len = size - 8 - n
-    tensors: dict[str, tuple[str, tuple[int, ...]]] = {}
-    end_max = 0
-    for name, spec in header.items():
-        try:
-            dtype, shape, (start, end) = (
-                spec["dtype"],
-                tuple(int(s) for s in spec["shape"]),
-                spec["data_offsets"],
-            )
-            numel = 1
-            for s in shape:
-                numel *= s
-            expected = numel * _DTYPE_SIZES[dtype] if dtype in _DTYPE_SIZES else end - start
-            ok = 0 <= start <= end and end - start == expected
-        except (KeyError, TypeError, ValueError) as e:
-            raise CorruptEntry(
-                f"{path.name}: bad header entry for {name!r}", hint=_REDOWNLOAD
-            ) from e
-        if not ok:
-            raise CorruptEntry(
-                f"{path.name}: tensor {name!r} has inconsistent size in the header",
-                hint=_REDOWNLOAD,
-            )
-        end_max = max(end_max, int(end))
-        tensors[name] = (str(dtype), shape)
-    if end_max > data_len:
-        raise CorruptEntry(
-            f"{path.name} is truncated: the header describes {end_max:,} bytes of tensor data, "
-            f"the file holds {data_len:,}",
-            hint=_REDOWNLOAD,
-        )
-    return tensors, {str(k): str(v) for k, v in meta_raw.items()}
-
-
-_REDOWNLOAD = "the file is damaged or incomplete: download or copy it again"
+    header, metadata = read_header(Path(path))
+    tensors = {
+        name: (str(spec["dtype"]), tuple(int(s) for s in spec["shape"]))
+        for name, spec in header.items()
+    }
+    return tensors, metadata
 
 
 def load_pickle_state_dict(path: Path) -> dict[str, Any]:

@@ -3,8 +3,10 @@
 Everything here is numpy-only and deterministic for a given `numpy.random.Generator`.
 
 * style (background, unsaturated grey level g ∈ [0.05, 0.35]):
-  `plain` uniform g; `stripes` horizontal stripes, 2 px of g then 2 px of g + 0.25 (fixed phase,
-  row 0 starts a g band); `checks` a checkerboard of 4×4 px cells of g and g + 0.25.
+  `plain` uniform g; `stripes` horizontal stripes, 2 px of g then 2 px of g + 0.25; `checks` a
+  checkerboard of 4×4 px cells of g and g + 0.25. The pattern's phase (offset in rows and
+  columns) is random, so the data is translation-invariant, as a convolutional model prefers; the
+  judge is phase-invariant.
 * shape (one per image, half-extent 22–36 % of the canvas, fully inside, anti-aliased):
   `circle`, `square`, `triangle` (apex up, base as wide as it is tall), `cross` (a plus sign
   whose arms are 40 % of its extent wide). Every shape's bounding box is centre ± half-extent.
@@ -61,6 +63,8 @@ class Scene:
     r: float  # half-extent in pixels
     brightness: float
     grey: float
+    oy: int = 0  # pattern phase: row offset (0-7)
+    ox: int = 0  # pattern phase: column offset (0-7)
 
     def caption(self) -> str:
         return full_caption(self.colour, self.shape, self.style)
@@ -124,6 +128,8 @@ def random_scene(
         r=r,
         brightness=float(rng.uniform(*BRIGHTNESS_RANGE)),
         grey=float(rng.uniform(*GREY_RANGE)),
+        oy=int(rng.integers(8)),
+        ox=int(rng.integers(8)),
     )
 
 
@@ -172,10 +178,10 @@ def coverage(shape: str, cx: float, cy: float, r: float) -> np.ndarray:
     return np.clip(0.5 - shape_sdf(shape, cx, cy, r), 0.0, 1.0)
 
 
-def background(style: str, grey: float) -> np.ndarray:
-    """The (H, W) grey background of a style."""
-    y = np.arange(SIZE)[:, None]
-    x = np.arange(SIZE)[None, :]
+def background(style: str, grey: float, oy: int = 0, ox: int = 0) -> np.ndarray:
+    """The (H, W) grey background of a style; (oy, ox) shift the pattern's phase."""
+    y = np.arange(SIZE)[:, None] + oy
+    x = np.arange(SIZE)[None, :] + ox
     if style == "plain":
         hi = np.zeros((SIZE, SIZE), dtype=bool)
     elif style == "stripes":
@@ -189,7 +195,7 @@ def background(style: str, grey: float) -> np.ndarray:
 
 def render(scene: Scene, rng: np.random.Generator | None = None, noise: bool = True) -> np.ndarray:
     """Render a scene to a (32, 32, 3) float32 image in [0, 1]."""
-    bg = background(scene.style, scene.grey)[..., None]
+    bg = background(scene.style, scene.grey, scene.oy, scene.ox)[..., None]
     col = np.asarray(COLOUR_RGB[scene.colour]) * scene.brightness
     a = coverage(scene.shape, scene.cx, scene.cy, scene.r)[..., None]
     img = bg * (1.0 - a) + col[None, None, :] * a
