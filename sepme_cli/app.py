@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from sepme_cli import base, compose, erase, generate, inspect, store
+from sepme_cli import base, compose, erase, export, generate, inspect, store
 from sepme_cli._errors import SepmeGroup
 from sepme_engine import __version__
 
@@ -36,6 +36,7 @@ def _root(
 app.add_typer(erase.app)
 app.add_typer(compose.app)
 app.add_typer(inspect.app)
+app.add_typer(export.app)
 app.add_typer(generate.app)
 app.add_typer(base.app, name="base")
 app.add_typer(store.store_app, name="store")

@@ -97,27 +97,45 @@ def eval_(
             plain=plain,
             device=device,
         )
-    data = report.to_json()
+    from sepme_engine.toy.world import CONCEPTS, axis_of
+
+    data = report.to_dict()
     data["erased"] = list(erased)
     if json_out:
         print_json(data)
         return
-    rows = [
-        (
-            c["concept"],
-            c["axis"],
-            _pct(c["full"]),
-            _pct(c["bare"]),
-            _pct(c["chance"]),
-            _pct(c["bare_lift"]),
+    rows = []
+    for c in CONCEPTS:
+        full, bare, chance = report.full.get(c), report.bare.get(c), report.chance.get(c)
+        lift = None if bare is None or chance is None else bare - chance
+        rows.append(
+            (
+                c,
+                axis_of(c),
+                _pct(full),
+                _pct(bare),
+                _pct(chance),
+                "" if lift is None else f"{100 * lift:+.1f}",
+            )
         )
-        for c in data["concepts"]
-    ]
-    title = f"toy world, erased: {', '.join(erased) or 'nothing'} ({data['n_per_prompt']} samples/prompt)"
+    title = (
+        f"toy world, erased: {', '.join(erased) or 'nothing'} — {report.n_per_prompt} samples/prompt, "
+        f"{report.sampler} {report.steps} steps, guidance {report.guidance}"
+    )
     out.print(
         table(
             title,
-            ["concept", "axis", "full prompts %", "bare prompt %", "chance %", "bare lift"],
+            [
+                "concept",
+                "axis",
+                "full prompts %",
+                "bare prompt %",
+                "chance %",
+                "bare lift (points)",
+            ],
             rows,
         )
+    )
+    err.print(
+        f"all three axes right on full prompts: {100 * report.all_correct:.1f}% ({report.seconds:.0f}s)"
     )

@@ -1,0 +1,613 @@
+"""SepME against ESD-x, FMN and UCE on the toy world — the SepME paper's protocol, in one run.
+
+    python -m benchmarks.erasure            # full run (writes benchmarks/results/erasure.{md,json})
+    python -m benchmarks.erasure --quick    # a few minutes, fewer prompts and samples
+
+Everything is seeded. Sections:
+
+* base: the toy base's per-concept accuracy on the evaluation prompts and its chance rates
+  (each concept's rate in samples of the blank prompt);
+* single (the erase issue's bar): circle, red and stripes erased alone with the default settings,
+  and with a lower τ;
+* scenes 1–4: erase a set at t0, restore one at t1 (scene 4: six concepts at once), for every
+  method; SepME increments are trained per scene in the all-known scenario (E_k holds the
+  scene's other concepts), the baselines per concept and merged by adding their ΔW;
+* cost: UNet passes, iterations and wall time per concept, and the passes needed to bring the
+  bare prompt's lift to ≤ 0 (ESD-x with doubling iteration caps).
+
+Accuracy of concept c: the fraction of samples the judge labels c (on c's axis). Lift: accuracy
+minus the base's chance rate for c. Regular concepts are judged on full prompts that name none
+of the erased concepts. Pixel distance: mean |Δ| in [0, 1] units between the composition's and
+the base's images for the same prompts and seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sepme_engine.config import ERASE_DEFAULTS
+from sepme_engine.erase.data import generate_training_latents
+from sepme_engine.erase.hooks import apply_deltas_inplace, sum_deltas
+from sepme_engine.generate import sample_images
+from sepme_engine.toy import (
+    COLOURS,
+    CONCEPTS,
+    SHAPES,
+    STYLES,
+    TOY_GUIDANCE,
+    TOY_STEPS,
+    load_toy_pipeline,
+)
+from sepme_engine.toy.judge import judge_batch
+from sepme_engine.toy.world import axis_of, full_caption
+
+RESULTS = Path(__file__).parent / "results"
+METHODS = ("sepme", "esd-x", "fmn", "uce")
+SCENES: list[tuple[str, list[str], str | None]] = [
+    ("1: shapes", ["circle", "triangle"], "circle"),
+    ("2: colours", ["red", "green", "blue"], "red"),
+    ("3: one per axis", ["cross", "yellow", "checks"], "checks"),
+    ("4: capacity", ["red", "green", "blue", "circle", "triangle", "checks"], None),
+]
+SINGLE = ("circle", "red", "stripes")
+
+
+@dataclass
+class Knobs:
+    n: int  # samples per prompt
+    n_blank: int
+    full_prompts: list[str]
+    seed: int = 0
+    esd_caps: tuple[int, ...] = (50, 100, 200, 400)
+    esd_lr: float = 1e-3
+    fmn_steps: int = 35
+    fmn_lr: float = 1e-2
+    sepme_steps: int | None = None  # None = the toy default cap
+    quick: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def eval_prompts(quick: bool) -> list[str]:
+    """Balanced full prompts: every colour × shape once, the style rotating (24), or 12 in quick mode."""
+    out = []
+    for i, colour in enumerate(COLOURS):
+        for j, shape in enumerate(SHAPES):
+            if quick and (i + j) % 2:
+                continue
+            out.append(full_caption(colour, shape, STYLES[(i + j) % 3]))
+    return out
+
+
+def named(prompt: str) -> dict[str, str]:
+    words = prompt.split()
+    return {axis_of(w): w for w in words if w in CONCEPTS}
+
+
+class Evaluator:
+    """Samples the fixed prompt set with fixed seeds and judges it; caches the base's images."""
+
+    def __init__(self, pipe: Any, knobs: Knobs) -> None:
+        self.pipe, self.k = pipe, knobs
+        self.bare = list(SHAPES + COLOURS + STYLES)
+        self.passes = 0
+
+    def images(self, prompts: list[str], n: int) -> np.ndarray:
+        self.passes += len(prompts) * n * TOY_STEPS * 2
+        return sample_images(self.pipe, prompts, self.k.seed, n, TOY_STEPS, TOY_GUIDANCE)
+
+    def run(self, deltas: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
+        def go() -> dict[str, Any]:
+            bare = self.images(self.bare, self.k.n)
+            full = self.images(self.k.full_prompts, self.k.n)
+            return {"bare": bare, "full": full}
+
+        if deltas:
+            with apply_deltas_inplace(self.pipe.unet, deltas):
+                imgs = go()
+        else:
+            imgs = go()
+        n = self.k.n
+        bare_v = judge_batch(imgs["bare"])
+        full_v = judge_batch(imgs["full"])
+        bare_acc = {c: _rate(bare_v[i * n : (i + 1) * n], c) for i, c in enumerate(self.bare)}
+        per_prompt = {p: full_v[i * n : (i + 1) * n] for i, p in enumerate(self.k.full_prompts)}
+        return {"bare": bare_acc, "per_prompt": per_prompt, "images": imgs}
+
+    def chance(self) -> dict[str, float]:
+        blank = judge_batch(self.images([""], self.k.n_blank))
+        return {c: _rate(blank, c) for c in CONCEPTS}
+
+
+def _rate(verdicts: list[Any], concept: str) -> float:
+    axis = axis_of(concept)
+    return sum(v.get(axis) == concept for v in verdicts) / max(1, len(verdicts))
+
+
+def full_accuracy(ev: dict[str, Any], concept: str, avoid: set[str] = frozenset()) -> float | None:
+    """Accuracy for `concept` on full prompts naming it and none of `avoid`."""
+    hits = []
+    axis = axis_of(concept)
+    for p, vs in ev["per_prompt"].items():
+        names = set(named(p).values())
+        if concept in names and not (names & avoid):
+            hits.extend(v.get(axis) == concept for v in vs)
+    return float(np.mean(hits)) if hits else None
+
+
+class Trainer:
+    """Trains increments on the toy base, caching training latents per concept."""
+
+    def __init__(self, pipe: Any, knobs: Knobs) -> None:
+        self.pipe, self.k = pipe, knobs
+        self.settings = dict(ERASE_DEFAULTS["toy"])
+        self.latents: dict[str, tuple[torch.Tensor, int]] = {}
+        self.log: list[dict[str, Any]] = []
+
+    def data(self, concept: str) -> tuple[torch.Tensor, int, bool]:
+        if concept in self.latents:
+            lat, passes = self.latents[concept]
+            return lat, passes, True
+        s = self.settings
+        lat, passes = generate_training_latents(
+            self.pipe,
+            concept,
+            n=int(s["images"]),
+            steps=int(s["image_steps"]),
+            guidance=float(s["image_guidance"]),
+            seed=int(s["seed"]),
+            device="cpu",
+        )
+        self.latents[concept] = (lat, passes)
+        return lat, passes, False
+
+    def sepme(self, concept: str, preserve: list[str], tau: float | None = None) -> Any:
+        from sepme_engine.erase.sepme import SepMEConfig, train_sepme
+
+        s = self.settings
+        cfg = SepMEConfig(
+            alpha=float(s["alpha"]),
+            beta=float(s["beta"]),
+            lam=float(s["lam"]),
+            tau=float(s["tau"] if tau is None else tau),
+            lr=float(s["lr"]),
+            max_steps=int(self.k.sepme_steps or s["steps"]),
+            batch_size=int(s["batch_size"]),
+            seed=int(s["seed"]),
+        )
+        lat, data_passes, _ = self.data(concept)
+        r = train_sepme(self.pipe, concept, preserve, lat, cfg, "cpu")
+        self._record(
+            "sepme",
+            concept,
+            r.iterations,
+            r.unet_passes_training,
+            data_passes,
+            r.wall_s,
+            r.stop_reason,
+            extra={
+                "m_k": r.m_k,
+                "final_lcor": r.final_lcor,
+                "lcor0": r.lcor_history[0],
+                "tau": cfg.tau,
+            },
+        )
+        return r.increment
+
+    def baseline(self, method: str, concept: str, steps: int | None = None) -> Any:
+        lat, data_passes, _ = self.data(concept)
+        if method == "esd-x":
+            from sepme_engine.erase.esd import EsdConfig, train_esd
+
+            r = train_esd(
+                self.pipe,
+                concept,
+                lat,
+                EsdConfig(steps=steps or self.k.esd_caps[-2], lr=self.k.esd_lr, seed=self.k.seed),
+                "cpu",
+            )
+        elif method == "fmn":
+            from sepme_engine.erase.fmn import FmnConfig, train_fmn
+
+            r = train_fmn(
+                self.pipe,
+                concept,
+                lat,
+                FmnConfig(steps=steps or self.k.fmn_steps, lr=self.k.fmn_lr, seed=self.k.seed),
+                "cpu",
+            )
+        else:
+            from sepme_engine.erase.uce import UceConfig, train_uce
+
+            r = train_uce(self.pipe, concept, [], UceConfig(), "cpu")
+            data_passes = 0
+        self._record(
+            method,
+            concept,
+            r.iterations,
+            r.unet_passes_training,
+            data_passes,
+            r.wall_s,
+            r.stop_reason,
+        )
+        return r.increment
+
+    def _record(
+        self,
+        method: str,
+        concept: str,
+        iters: int,
+        passes: int,
+        data_passes: int,
+        wall: float,
+        stop: str,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        self.log.append(
+            {
+                "method": method,
+                "concept": concept,
+                "iterations": iters,
+                "unet_passes_training": passes,
+                "unet_passes_data": data_passes,
+                "unet_passes_total": passes + data_passes,
+                "wall_s": round(wall, 2),
+                "stop_reason": stop,
+                **(extra or {}),
+            }
+        )
+
+
+def _pct(v: float | None) -> str:
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.0f}"
+
+
+def _pts(v: float | None) -> str:
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:+.0f}"
+
+
+def summarize(
+    ev: dict[str, Any],
+    base: dict[str, Any],
+    chance: dict[str, float],
+    erased: list[str],
+    restored: list[str],
+) -> dict[str, Any]:
+    avoid = set(erased)
+    rows = {}
+    for c in CONCEPTS:
+        group = "forgotten" if c in erased else "restored" if c in restored else "regular"
+        acc_full = full_accuracy(ev, c, set() if c in erased else avoid - {c})
+        base_full = full_accuracy(base, c, set() if c in erased else avoid - {c})
+        rows[c] = {
+            "group": group,
+            "bare": ev["bare"][c],
+            "bare_lift": ev["bare"][c] - chance[c],
+            "full": acc_full,
+            "full_lift": None if acc_full is None else acc_full - chance[c],
+            "base_bare": base["bare"][c],
+            "base_full": base_full,
+            "delta_full_vs_base": None
+            if acc_full is None or base_full is None
+            else acc_full - base_full,
+        }
+    reg = [
+        r for r in rows.values() if r["group"] == "regular" and r["delta_full_vs_base"] is not None
+    ]
+    return {
+        "concepts": rows,
+        "regular_mean_delta_full": float(np.mean([r["delta_full_vs_base"] for r in reg]))
+        if reg
+        else None,
+        "regular_worst_delta_full": float(min(r["delta_full_vs_base"] for r in reg))
+        if reg
+        else None,
+        "forgotten_mean_bare_lift": float(np.mean([rows[c]["bare_lift"] for c in erased]))
+        if erased
+        else None,
+    }
+
+
+def restored_distance(
+    ev: dict[str, Any], base: dict[str, Any], concept: str, knobs: Knobs, bare_list: list[str]
+) -> dict[str, float]:
+    n = knobs.n
+    i = bare_list.index(concept)
+    bare_idx = list(range(i * n, (i + 1) * n))
+    full_idx = [
+        j * n + s
+        for j, p in enumerate(knobs.full_prompts)
+        if concept in p.split()
+        for s in range(n)
+    ]
+
+    def dist(part: str, idx: list[int]) -> float:
+        if not idx:
+            return float("nan")
+        return float(
+            np.mean([np.abs(ev["images"][part][k] - base["images"][part][k]).mean() for k in idx])
+        )
+
+    def maxdist(part: str, idx: list[int]) -> float:
+        if not idx:
+            return float("nan")
+        return float(
+            max(np.abs(ev["images"][part][k] - base["images"][part][k]).max() for k in idx)
+        )
+
+    return {
+        "bare_mean_abs": dist("bare", bare_idx),
+        "full_mean_abs": dist("full", full_idx),
+        "max_abs": max(maxdist("bare", bare_idx), maxdist("full", full_idx)),
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument(
+        "--quick", action="store_true", help="fewer prompts/samples/iterations (minutes)"
+    )
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--scenes", default="1,2,3,4")
+    ap.add_argument("--no-single", action="store_true")
+    args = ap.parse_args(argv)
+    torch.manual_seed(args.seed)
+    t_start = time.perf_counter()
+    quick = args.quick
+    knobs = Knobs(
+        n=4 if quick else 8,
+        n_blank=32 if quick else 96,
+        full_prompts=eval_prompts(quick),
+        seed=args.seed,
+        quick=quick,
+    )
+    if quick:
+        knobs.esd_caps = (25, 50)
+        knobs.fmn_steps = 10
+        knobs.sepme_steps = 60
+    methods = [m for m in args.methods.split(",") if m]
+    scenes = [SCENES[int(i) - 1] for i in args.scenes.split(",") if i]
+    pipe = load_toy_pipeline()
+    evaluator = Evaluator(pipe, knobs)
+    trainer = Trainer(pipe, knobs)
+    log = lambda msg: print(f"[{time.perf_counter() - t_start:6.0f}s] {msg}", flush=True)  # noqa: E731
+
+    log("base evaluation")
+    chance = evaluator.chance()
+    base = evaluator.run()
+    base_summary = {
+        c: {"bare": base["bare"][c], "full": full_accuracy(base, c), "chance": chance[c]}
+        for c in CONCEPTS
+    }
+    result: dict[str, Any] = {
+        "settings": {
+            "quick": quick,
+            "seed": args.seed,
+            "n_per_prompt": knobs.n,
+            "n_blank": knobs.n_blank,
+            "full_prompts": knobs.full_prompts,
+            "sampler": type(pipe.scheduler).__name__,
+            "steps": TOY_STEPS,
+            "guidance": TOY_GUIDANCE,
+            "sepme": dict(trainer.settings),
+            "sepme_steps_cap": knobs.sepme_steps,
+            "esd": {"lr": knobs.esd_lr, "caps": list(knobs.esd_caps)},
+            "fmn": {"steps": knobs.fmn_steps, "lr": knobs.fmn_lr},
+            "uce": "defaults (ridge 0.1, preserve '')",
+        },
+        "base": base_summary,
+    }
+
+    # -- single-concept erasure (the erase issue's bar) ------------------------------------
+    if not args.no_single and "sepme" in methods:
+        single: dict[str, Any] = {}
+        for c in SINGLE:
+            log(f"single: sepme {c}")
+            inc = trainer.sepme(c, [])
+            rec = trainer.log[-1]
+            ev = evaluator.run(sum_deltas([inc]))
+            s = summarize(ev, base, chance, [c], [])
+            low_tau = -0.5 * abs(rec["lcor0"])
+            log(f"single: sepme {c} tau={low_tau:.3g}")
+            inc_low = trainer.sepme(c, [], tau=low_tau)
+            rec_low = trainer.log[-1]
+            ev_low = evaluator.run(sum_deltas([inc_low]))
+            s_low = summarize(ev_low, base, chance, [c], [])
+            single[c] = {"default": {"cost": rec, **s}, "low_tau": {"cost": rec_low, **s_low}}
+        result["single"] = single
+
+    # -- scenes ---------------------------------------------------------------------------------
+    baseline_incs: dict[tuple[str, str], Any] = {}
+    result["scenes"] = {}
+    for title, concepts, restore in scenes:
+        scene: dict[str, Any] = {"concepts": concepts, "restore": restore, "methods": {}}
+        for method in methods:
+            log(f"scene {title}: {method}")
+            incs: dict[str, Any] = {}
+            for c in concepts:
+                if method == "sepme":
+                    incs[c] = trainer.sepme(c, [o for o in concepts if o != c])
+                else:
+                    if (method, c) not in baseline_incs:
+                        baseline_incs[(method, c)] = trainer.baseline(method, c)
+                    incs[c] = baseline_incs[(method, c)]
+            order = sorted(incs)
+            ev0 = evaluator.run(sum_deltas([incs[c] for c in order]))
+            entry: dict[str, Any] = {"t0": summarize(ev0, base, chance, concepts, [])}
+            if restore:
+                kept = [c for c in order if c != restore]
+                ev1 = evaluator.run(sum_deltas([incs[c] for c in kept]))
+                entry["t1"] = summarize(ev1, base, chance, kept, [restore])
+                entry["t1"]["restored_distance"] = restored_distance(
+                    ev1, base, restore, knobs, evaluator.bare
+                )
+            scene["methods"][method] = entry
+        result["scenes"][title] = scene
+
+    # -- cost to reach the erasure level (bare lift <= 0) for circle ------------------------
+    cost: dict[str, Any] = {}
+    target = "circle"
+    for method in methods:
+        if method == "uce":
+            inc = baseline_incs.get(("uce", target)) or trainer.baseline("uce", target)
+            ev = evaluator.run(sum_deltas([inc]))
+            cost[method] = {
+                "reached": ev["bare"][target] - chance[target] <= 0,
+                "unet_passes": 0,
+                "bare_lift": ev["bare"][target] - chance[target],
+            }
+        elif method == "sepme":
+            recs = [r for r in trainer.log if r["method"] == "sepme" and r["concept"] == target]
+            s = result.get("single", {}).get(target, {}).get("default")
+            if s is None:
+                trainer.sepme(target, [])
+                recs = [trainer.log[-1]]
+            lift = s["concepts"][target]["bare_lift"] if s else None
+            cost[method] = {
+                "reached": lift is not None and lift <= 0,
+                "unet_passes": recs[0]["unet_passes_total"],
+                "bare_lift": lift,
+            }
+        else:
+            steps_list = knobs.esd_caps if method == "esd-x" else (knobs.fmn_steps,)
+            tried = []
+            for cap in steps_list:
+                log(f"cost: {method} {target} cap {cap}")
+                inc = trainer.baseline(method, target, steps=cap)
+                rec = trainer.log[-1]
+                ev = evaluator.run(sum_deltas([inc]))
+                lift = ev["bare"][target] - chance[target]
+                tried.append(
+                    {"cap": cap, "unet_passes": rec["unet_passes_total"], "bare_lift": lift}
+                )
+                if lift <= 0:
+                    break
+            ok = [t for t in tried if t["bare_lift"] <= 0]
+            cost[method] = {
+                "reached": bool(ok),
+                "unet_passes": ok[0]["unet_passes"] if ok else None,
+                "tried": tried,
+            }
+    result["cost_to_erase_circle"] = cost
+    result["training_log"] = trainer.log
+    result["eval_unet_passes"] = evaluator.passes
+    result["wall_s"] = round(time.perf_counter() - t_start, 1)
+    log("writing results")
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = "erasure_quick" if quick else "erasure"
+    (args.out / f"{stem}.json").write_text(
+        json.dumps(result, indent=2, default=float) + "\n", encoding="utf-8"
+    )
+    (args.out / f"{stem}.md").write_text(render_md(result), encoding="utf-8")
+    return result
+
+
+def render_md(r: dict[str, Any]) -> str:
+    s = r["settings"]
+    out = [
+        "# Erasure benchmark on the toy world" + (" (quick)" if s["quick"] else ""),
+        "",
+        f"Generated by `python -m benchmarks.erasure{' --quick' if s['quick'] else ''}` in {r['wall_s']:.0f} s on CPU. "
+        f"{s['n_per_prompt']} samples per prompt, {len(s['full_prompts'])} full prompts, {s['n_blank']} blank-prompt samples for chance; "
+        f"{s['sampler']} {s['steps']} steps, guidance {s['guidance']}, seed {s['seed']}. Accuracy and lift in percent / points; "
+        "lift = accuracy − the base's blank-prompt rate.",
+        "",
+        "## Base",
+        "",
+        "| concept | bare % | full % | chance % |",
+        "|---|---|---|---|",
+    ]
+    for c, v in r["base"].items():
+        out.append(f"| {c} | {_pct(v['bare'])} | {_pct(v['full'])} | {_pct(v['chance'])} |")
+    if "single" in r:
+        out += [
+            "",
+            "## One concept erased alone (SepME, default settings, then τ = −½·L_cor(0))",
+            "",
+            "| concept | τ | bare % | bare lift | full % (naming it) | full lift | others: worst Δ vs base | others: mean Δ | iterations | UNet passes (data + train) | wall s |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for c, d in r["single"].items():
+            for key in ("default", "low_tau"):
+                e = d[key]
+                row = e["concepts"][c]
+                cst = e["cost"]
+                out.append(
+                    f"| {c} | {cst['tau']:.3g} | {_pct(row['bare'])} | {_pts(row['bare_lift'])} | {_pct(row['full'])} | {_pts(row['full_lift'])} | "
+                    f"{_pts(e['regular_worst_delta_full'])} | {_pts(e['regular_mean_delta_full'])} | {cst['iterations']} | "
+                    f"{cst['unet_passes_data']} + {cst['unet_passes_training']} | {cst['wall_s']:.0f} |"
+                )
+    for title, scene in r.get("scenes", {}).items():
+        out += [
+            "",
+            f"## Scene {title}: erase {', '.join(scene['concepts'])}"
+            + (f", then restore {scene['restore']}" if scene["restore"] else ""),
+            "",
+        ]
+        out += [
+            "| method | time | forgotten: bare lift (each) | forgotten: full lift (each) | regular: mean Δ full vs base | regular: worst Δ | restored: bare % (base) | restored: pixel distance |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for method, e in scene["methods"].items():
+            for t in ("t0", "t1"):
+                if t not in e:
+                    continue
+                x = e[t]
+                forg = [c for c, v in x["concepts"].items() if v["group"] == "forgotten"]
+                rest = [c for c, v in x["concepts"].items() if v["group"] == "restored"]
+                fb = ", ".join(f"{c} {_pts(x['concepts'][c]['bare_lift'])}" for c in forg)
+                ff = ", ".join(f"{c} {_pts(x['concepts'][c]['full_lift'])}" for c in forg)
+                rb = (
+                    ", ".join(
+                        f"{c} {_pct(x['concepts'][c]['bare'])} ({_pct(x['concepts'][c]['base_bare'])})"
+                        for c in rest
+                    )
+                    or "–"
+                )
+                rd = x.get("restored_distance")
+                rdt = f"mean {rd['bare_mean_abs']:.2e} / max {rd['max_abs']:.2e}" if rd else "–"
+                out.append(
+                    f"| {method} | {t} | {fb} | {ff} | {_pts(x['regular_mean_delta_full'])} | {_pts(x['regular_worst_delta_full'])} | {rb} | {rdt} |"
+                )
+    if "cost_to_erase_circle" in r:
+        out += [
+            "",
+            "## Cost to bring `circle`'s bare-prompt lift to ≤ 0",
+            "",
+            "| method | reached | UNet passes (data + training) | notes |",
+            "|---|---|---|---|",
+        ]
+        for m, c in r["cost_to_erase_circle"].items():
+            notes = "; ".join(
+                f"cap {t['cap']}: {t['unet_passes']} passes, lift {_pts(t['bare_lift'])}"
+                for t in c.get("tried", [])
+            )
+            out.append(
+                f"| {m} | {'yes' if c['reached'] else 'no'} | {c['unet_passes'] if c['unet_passes'] is not None else '–'} | {notes} |"
+            )
+    out += [
+        "",
+        "## Training log",
+        "",
+        "| method | concept | iterations | stop | UNet passes data + train | wall s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for t in r["training_log"]:
+        out.append(
+            f"| {t['method']} | {t['concept']} | {t['iterations']} | {t['stop_reason']} | {t['unet_passes_data']} + {t['unet_passes_training']} | {t['wall_s']} |"
+        )
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""`sepme export`: a merged checkpoint, a diffusers folder or a LoRA."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from sepme_cli._params import BaseOpt, ForceOpt, JsonOpt, open_store
+from sepme_cli._render import err, human_size, out, print_json, step_progress
+
+app = typer.Typer()
+
+
+@app.command("export")
+def export(
+    output: Annotated[
+        Path, typer.Argument(help="Output .safetensors file (ldm, lora) or folder (diffusers).")
+    ],
+    base: BaseOpt = None,
+    variant: Annotated[
+        str | None, typer.Option("--variant", help="Export this saved variant.")
+    ] = None,
+    erase: Annotated[
+        list[str] | None, typer.Option("--erase", help="Export these increments (comma-separated).")
+    ] = None,
+    fmt: Annotated[
+        str | None,
+        typer.Option("--format", help="ldm (default for .safetensors), diffusers or lora."),
+    ] = None,
+    dtype: Annotated[str, typer.Option(help="fp16, bf16 or fp32.")] = "fp16",
+    rank: Annotated[
+        int | None, typer.Option(help="LoRA: truncate each layer to this rank by SVD.")
+    ] = None,
+    force: ForceOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Export the base with its active composition (or a variant / --erase list)."""
+    from sepme_engine.export.run import export as run
+
+    with step_progress(f"exporting {output.name}") as progress:
+        report = run(
+            open_store(),
+            output,
+            base=base,
+            variant=variant,
+            erase=erase,
+            fmt=fmt,
+            dtype=dtype,
+            rank=rank,
+            force=force,
+            progress=progress,
+        )
+    data = {
+        "path": str(report.path),
+        "format": report.format,
+        "dtype": report.dtype,
+        "n_tensors": report.n_tensors,
+        "bytes_written": report.bytes_written,
+        "wall_s": report.wall_s,
+        "peak_rss_bytes": report.peak_rss_bytes,
+        "rank": report.rank,
+        "relative_error": report.relative_error,
+        "max_layer_relative_error": report.max_layer_relative_error,
+    }
+    if json_out:
+        print_json(data)
+        return
+    out.print(str(report.path))
+    line = f"{report.format}, {report.dtype}, {report.n_tensors} tensors, {human_size(report.bytes_written)} in {report.wall_s:.1f}s, peak RSS {human_size(report.peak_rss_bytes)}"
+    if report.format == "lora":
+        line += f", rank {report.rank}, relative error {report.relative_error:.2e}"
+    err.print(line)

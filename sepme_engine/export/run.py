@@ -1,0 +1,134 @@
+"""`sepme export`: a composition of the store as a file other programs load.
+
+Formats: `ldm` (one A1111/ComfyUI .safetensors; the default for a `.safetensors` OUT),
+`diffusers` (a pipeline folder; the default for any other OUT) and `lora` (the active
+increments as a kohya LoRA). The destination is checked before the model is loaded, and every
+writer leaves the output complete or absent.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from sepme_engine import __version__
+from sepme_engine.bases import get_base, load_base
+from sepme_engine.compose import composition_deltas, selection
+from sepme_engine.errors import AlreadyExists, InvalidInput
+from sepme_engine.increments import get_increment, load_increment
+from sepme_engine.store import SCHEMA_VERSION, Store
+
+FORMATS = ("ldm", "diffusers", "lora")
+
+
+def guess_format(out: Path, fmt: str | None) -> str:
+    if fmt is not None:
+        if fmt not in FORMATS:
+            raise InvalidInput(
+                f"unknown format {fmt!r}", hint=f"choose one of {', '.join(FORMATS)}"
+            )
+        return fmt
+    return "ldm" if out.suffix.lower() == ".safetensors" else "diffusers"
+
+
+def export(
+    store: Store,
+    out: Path,
+    *,
+    base: str | None = None,
+    variant: str | None = None,
+    erase: Sequence[str] | None = None,
+    fmt: str | None = None,
+    dtype: str = "fp16",
+    rank: int | None = None,
+    force: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> Any:
+    """Export the base with a composition (default: its active set); returns an ExportReport."""
+    out = Path(out)
+    fmt = guess_format(out, fmt)
+    if dtype not in ("fp16", "bf16", "fp32"):
+        raise InvalidInput(f"unknown dtype {dtype!r}", hint="use fp16, bf16 or fp32")
+    if rank is not None and fmt != "lora":
+        raise InvalidInput("--rank applies to --format lora only")
+    if rank is not None and rank < 1:
+        raise InvalidInput("--rank must be at least 1")
+    if fmt in ("ldm", "lora") and out.suffix.lower() != ".safetensors":
+        raise InvalidInput(
+            f"{fmt} exports are single .safetensors files; {out} is not",
+            hint="end the output path with .safetensors",
+        )
+    if (out.exists() or out.is_symlink()) and not force:
+        raise AlreadyExists(
+            f"{out} already exists", hint="choose another output path or pass --force to replace it"
+        )
+    if not out.parent.is_dir():
+        raise InvalidInput(f"the folder {out.parent} does not exist", hint="create it first")
+    info = get_base(store, base)
+    names = selection(store, info, variant=variant, erase=erase)
+    increments = [get_increment(store, info.name, n) for n in names]
+    metadata = {
+        "sepme.schema_version": str(SCHEMA_VERSION),
+        "sepme.version": __version__,
+        "sepme.base": info.name,
+        "sepme.base_digest": info.base_digest,
+        "sepme.increments": json.dumps(
+            [
+                {
+                    "concept": i.concept,
+                    "prompt": i.prompt,
+                    "method": i.method,
+                    "digest": i.blob.digest,
+                    "settings": i.settings,
+                    "preserve_prompts": list(i.preserve_prompts),
+                }
+                for i in increments
+            ],
+            sort_keys=True,
+        ),
+    }
+    title = f"{info.name}" + (f" without {', '.join(names)}" if names else "")
+    if fmt == "lora":
+        from sepme_engine.export.lora import export_lora
+
+        if not names:
+            raise InvalidInput(
+                "nothing to export as a LoRA: no increment is selected",
+                hint="erase a concept first, or pass --erase NAME",
+            )
+        incs = {i.concept: load_increment(store, i, info) for i in increments}
+        return export_lora(
+            incs,
+            out,
+            arch=info.arch,
+            rank=rank,
+            dtype=dtype,
+            title=title,
+            metadata=metadata,
+            force=force,
+            progress=progress,
+        )
+    pipe = load_base(store, info.name)
+    deltas = composition_deltas(store, info, names)
+    if fmt == "ldm":
+        from sepme_engine.export.single_file import export_single_file
+
+        return export_single_file(
+            pipe,
+            deltas,
+            out,
+            arch=info.arch,
+            dtype=dtype,
+            metadata=metadata,
+            title=title,
+            erased=list(names),
+            force=force,
+            progress=progress,
+        )
+    from sepme_engine.export.diffusers_dir import export_diffusers
+
+    return export_diffusers(
+        pipe, deltas, out, dtype=dtype, metadata=metadata, force=force, progress=progress
+    )
