@@ -41,21 +41,14 @@ def short(digest: str, n: int = 12) -> str:
 
 
 @contextmanager
-def byte_progress(description: str) -> Iterator[Any]:
+def _progress(description: str, *columns: Any) -> Iterator[Any]:
     """A transient progress bar on stderr; yields a callback(done, total)."""
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
+    from rich.progress import BarColumn, Progress, TimeRemainingColumn
 
     with Progress(
         "[progress.description]{task.description}",
         BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
+        *columns,
         TimeRemainingColumn(),
         console=err,
         transient=True,
@@ -68,22 +61,15 @@ def byte_progress(description: str) -> Iterator[Any]:
         yield update
 
 
-@contextmanager
-def step_progress(description: str) -> Iterator[Any]:
-    """A transient progress bar on stderr counting steps; yields a callback(done, total)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+def byte_progress(description: str) -> Any:
+    """Progress in bytes (imports, copies)."""
+    from rich.progress import DownloadColumn, TransferSpeedColumn
 
-    with Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        transient=True,
-    ) as bar:
-        task = bar.add_task(description, total=None)
+    return _progress(description, DownloadColumn(), TransferSpeedColumn())
 
-        def update(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
 
-        yield update
+def step_progress(description: str) -> Any:
+    """Progress in steps (hashing, tensors written)."""
+    from rich.progress import MofNCompleteColumn
+
+    return _progress(description, MofNCompleteColumn())
