@@ -105,15 +105,15 @@ def generate(
     steps = steps or d_steps
     guidance = d_guidance if guidance is None else guidance
     dev = resolve_device(device or load_config(store.root).get("device"))
-    pipe = load_base(store, info.name, device=dev)
+    pipe = load_base(store, info.name, device=str(dev))
     rows: list[np.ndarray] = []
     labels: list[str] = []
     for prompt in prompts:
         if compare:
-            rows.append(sample_images(pipe, [prompt], seed, n, steps, guidance, device=dev))
+            rows.append(sample_images(pipe, [prompt], seed, n, steps, guidance, device=str(dev)))
             labels.append(f"base: {prompt}")
         with composed(store, info, pipe, names):
-            rows.append(sample_images(pipe, [prompt], seed, n, steps, guidance, device=dev))
+            rows.append(sample_images(pipe, [prompt], seed, n, steps, guidance, device=str(dev)))
         tag = ("-" + ",".join(names)) if names else ""
         labels.append(f"{'erased' + tag if compare or names else 'base'}: {prompt}")
     images = np.concatenate(rows)
@@ -148,7 +148,7 @@ def evaluate_base(
 
     names = _select(store, info, variant, erase, plain)
     dev = resolve_device(device or load_config(store.root).get("device"))
-    pipe = load_base(store, info.name, device=dev)
+    pipe = load_base(store, info.name, device=str(dev))
     steps, guidance = sampling_defaults(info)
     with composed(store, info, pipe, names):
         report = evaluate(

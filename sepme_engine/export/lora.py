@@ -92,6 +92,12 @@ def _layer_factors(
         else:
             dense.append(inc.deltas[layer].float())
         d = inc.delta(layer)
+        if delta is not None and d.shape != delta.shape:
+            raise InvalidInput(
+                f"layer {layer}: increments disagree on the weight shape "
+                f"({tuple(delta.shape)} vs {tuple(d.shape)})",
+                hint="export increments of one base only",
+            )
         delta = d.clone() if delta is None else delta.add_(d)
     assert delta is not None
     d_out, d_in = delta.shape
@@ -150,7 +156,8 @@ def export_lora(
     force: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> ExportReport:
-    """Write the sum of `increments` (name -> Increment, in canonical order) as one kohya LoRA at `out` (complete or absent).
+    """Write the sum of `increments` (name -> Increment, in canonical order) as one kohya LoRA
+    at `out` (complete or absent).
 
     `rank=None` is exact (up to the cast to `dtype`); an int truncates each layer by SVD. The
     caller's `metadata` (sepme provenance) is merged over the generated modelspec/ss_* keys.

@@ -90,7 +90,7 @@ def compose_weight(
         if not w_base.is_floating_point():
             return w_base
         return w_base.to(out_dtype)
-    return (w_base.to(torch.float32) + delta.to(torch.float32)).to(out_dtype)
+    return (w_base.to(torch.float32) + delta.to(w_base.device, torch.float32)).to(out_dtype)
 
 
 def compose_source(w_base: torch.Tensor, delta: torch.Tensor | None) -> torch.Tensor:
@@ -99,7 +99,7 @@ def compose_source(w_base: torch.Tensor, delta: torch.Tensor | None) -> torch.Te
     slice, so the bytes written are exactly `compose_weight(w_base, delta, out_dtype)`."""
     if delta is None:
         return w_base
-    return w_base.to(torch.float32) + delta.to(torch.float32)
+    return w_base.to(torch.float32) + delta.to(w_base.device, torch.float32)
 
 
 def check_deltas(

@@ -1,0 +1,181 @@
+"""LoRA export: kohya keys and metadata, exact factorisation, SVD truncation with the reported
+error, and diffusers' load_lora_weights + fuse_lora giving back the composition."""
+
+from __future__ import annotations
+
+import math
+from functools import cache
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from sepme_engine.erase.hooks import sum_deltas as compose_deltas
+from sepme_engine.erase.increment import Increment
+from sepme_engine.erase.layers import kv_shapes
+from sepme_engine.errors import AlreadyExists, InvalidInput
+from sepme_engine.export.lora import export_lora, lora_key
+from tests._tiny import make_tiny_pipeline
+
+BETA = 1e-4
+
+
+@cache
+def _shapes() -> dict[str, tuple[int, int]]:
+    torch.set_num_threads(1)
+    return kv_shapes(make_tiny_pipeline("sd1", seed=5).unet)
+
+
+def _factored(m: int, seed: int, scale: float = 0.01) -> Increment:
+    g = torch.Generator().manual_seed(seed)
+    d_in = next(iter(_shapes().values()))[1]
+    basis = torch.linalg.qr(torch.randn(d_in, m, generator=g))[0].T
+    coefs = {k: torch.randn(s[0], m, generator=g) * scale for k, s in _shapes().items()}
+    return Increment.factored(basis, coefs)
+
+
+def _dense(seed: int, layers: int = 4, scale: float = 0.01) -> Increment:
+    g = torch.Generator().manual_seed(seed)
+    items = list(_shapes().items())[:layers]
+    return Increment.dense({k: torch.randn(s, generator=g) * scale for k, s in items})
+
+
+def _fused_error(path: Path, incs: dict[str, Increment]) -> tuple[float, float, float]:
+    """Diffusers' fused weights vs W + Σ ΔW: (overall relative error, worst layer's relative
+    error, worst layer's fp32 round-off bound). The fused weight is fp32, so adding a small ΔW
+    to W costs up to ~eps32·‖W‖; the bound is 4·2⁻²⁴·‖W‖/‖ΔW‖."""
+    pipe = make_tiny_pipeline("sd1", seed=5)
+    mods = dict(pipe.unet.named_modules())
+    base = {n: mods[n].weight.detach().clone() for n in _shapes()}
+    pipe.load_lora_weights(str(path))
+    pipe.fuse_lora()
+    mods = dict(pipe.unet.named_modules())
+    deltas = compose_deltas(incs.values())
+    num = den = worst = bound = 0.0
+    for n, d in deltas.items():
+        err = float((mods[n].weight.detach().double() - (base[n].double() + d.double())).norm())
+        dn = float(d.double().norm())
+        num, den = num + err**2, den + dn**2
+        worst = max(worst, err / dn)
+        bound = max(bound, 4 * 2**-24 * float(base[n].norm()) / dn)
+    for n in set(_shapes()) - set(deltas):  # untouched layers stay bit-identical
+        assert torch.equal(mods[n].weight.detach(), base[n])
+    return math.sqrt(num / den), worst, bound
+
+
+def test_exact_lora_keys_metadata_and_fused_weights(tmp_path: Path) -> None:
+    incs = {"van-gogh": _factored(3, 1), "snoopy": _factored(2, 2)}
+    out = tmp_path / "erase.safetensors"
+    rep = export_lora(incs, out, dtype="fp32", metadata={"sepme.version": "0.1.0"})
+    assert rep.format == "lora" and rep.rank == 5  # Σm, no SVD
+    assert rep.relative_error is not None and rep.relative_error < 1e-6
+    assert rep.max_layer_relative_error is not None and rep.max_layer_relative_error < 1e-6
+    assert rep.bytes_written == out.stat().st_size
+
+    name = "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k"
+    key = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k"
+    assert lora_key(name) == key
+    with safe_open(str(out), framework="pt") as f:
+        keys = set(f.keys())
+        meta = f.metadata()
+        down, up, alpha = (
+            f.get_tensor(f"{key}.{s}") for s in ("lora_down.weight", "lora_up.weight", "alpha")
+        )
+    assert keys == {
+        f"{lora_key(n)}.{s}"
+        for n in _shapes()
+        for s in ("lora_down.weight", "lora_up.weight", "alpha")
+    }
+    d_out, d_in = _shapes()[name]
+    assert down.shape == (5, d_in) and up.shape == (d_out, 5) and alpha.ndim == 0
+    assert float(alpha) == 5.0
+    # up @ down is the sum of the two increments' ΔW on that layer
+    expected = incs["van-gogh"].delta(name) + incs["snoopy"].delta(name)
+    torch.testing.assert_close(up @ down, expected, rtol=1e-5, atol=1e-10)
+    # balanced factors: neither holds the tiny β scale alone
+    assert up.abs().max() < 100 * down.abs().max() and down.abs().max() < 100 * up.abs().max()
+    assert meta["ss_network_module"] == "networks.lora"
+    assert meta["ss_network_dim"] == meta["ss_network_alpha"] == "5"
+    assert meta["ss_base_model_version"] == "sd_v1"
+    assert meta["modelspec.architecture"] == "stable-diffusion-v1-lora"
+    assert meta["modelspec.sai_model_spec"] == "1.0.0"
+    assert "van-gogh" in meta["modelspec.description"]
+    assert meta["sepme.version"] == "0.1.0"
+
+    overall, worst, roundoff = _fused_error(out, incs)
+    assert overall <= rep.relative_error + roundoff
+    assert worst <= rep.max_layer_relative_error + roundoff
+
+
+def test_fp16_lora_error_is_reported_and_matches_the_file(tmp_path: Path) -> None:
+    # tiny β-sized coefficients: only balanced factors keep them out of fp16's subnormal range
+    incs = {"a": _factored(4, 3, scale=0.05 * BETA)}
+    rep = export_lora(incs, tmp_path / "h.safetensors", dtype="fp16")
+    assert rep.dtype == "fp16"
+    assert rep.relative_error is not None and 1e-5 < rep.relative_error < 1e-3
+    err2 = tot2 = 0.0
+    with safe_open(str(rep.path), framework="pt") as f:
+        for n in _shapes():
+            up = f.get_tensor(f"{lora_key(n)}.lora_up.weight")
+            down = f.get_tensor(f"{lora_key(n)}.lora_down.weight")
+            assert up.dtype == down.dtype == torch.float16
+            d = incs["a"].delta(n).double()
+            err2 += float((up.double() @ down.double() - d).square().sum())
+            tot2 += float(d.square().sum())
+    assert math.sqrt(err2 / tot2) == pytest.approx(rep.relative_error, rel=1e-6)
+
+
+def test_dense_increments_are_factored_by_svd(tmp_path: Path) -> None:
+    incs = {"a": _factored(2, 4), "esd": _dense(5, layers=3)}
+    rep = export_lora(incs, tmp_path / "d.safetensors", dtype="fp32")
+    d_min = min(min(s) for s in _shapes().values())
+    assert rep.rank == d_min  # a dense ΔW has full rank; capped at min(d_out, d_in)
+    assert rep.layer_ranks is not None
+    assert min(rep.layer_ranks.values()) == 2  # layers without the dense increment
+    assert rep.relative_error is not None and rep.relative_error < 1e-5
+    overall, worst, roundoff = _fused_error(rep.path, incs)
+    assert rep.max_layer_relative_error is not None
+    assert overall <= rep.relative_error + roundoff
+    assert worst <= rep.max_layer_relative_error + roundoff
+
+
+def test_truncated_rank_reports_the_svd_error(tmp_path: Path) -> None:
+    incs = {"a": _factored(4, 6), "b": _factored(3, 7)}
+    rep = export_lora(incs, tmp_path / "r.safetensors", rank=3, dtype="fp32")
+    assert rep.rank == 3
+    deltas = compose_deltas(incs.values())
+    # Eckart-Young: the best rank-3 error is the tail of the singular values
+    tail2 = total2 = 0.0
+    worst = 0.0
+    for d in deltas.values():
+        s = torch.linalg.svdvals(d.double())
+        t2, n2 = float(s[3:].square().sum()), float(s.square().sum())
+        tail2, total2 = tail2 + t2, total2 + n2
+        worst = max(worst, math.sqrt(t2 / n2))
+    assert rep.relative_error == pytest.approx(math.sqrt(tail2 / total2), rel=1e-4)
+    assert rep.max_layer_relative_error == pytest.approx(worst, rel=1e-4)
+    assert 0.05 < rep.relative_error < 1
+    overall, _, roundoff = _fused_error(rep.path, incs)
+    assert abs(overall - rep.relative_error) <= roundoff
+    # a rank at least the exact one changes nothing
+    exact = export_lora(incs, tmp_path / "r7.safetensors", rank=7, dtype="fp32")
+    assert exact.rank == 7 and exact.relative_error is not None and exact.relative_error < 1e-6
+
+
+def test_lora_refusals(tmp_path: Path) -> None:
+    out = tmp_path / "x.safetensors"
+    with pytest.raises(InvalidInput):
+        export_lora({}, out)
+    with pytest.raises(InvalidInput):
+        export_lora({"a": _factored(2, 1)}, out, rank=0)
+    zero = Increment.factored(
+        torch.eye(2, 32), {k: torch.zeros(s[0], 2) for k, s in _shapes().items()}
+    )
+    with pytest.raises(InvalidInput, match="zero"):
+        export_lora({"z": zero}, out)
+    assert not out.exists()
+    export_lora({"a": _factored(2, 1)}, out)
+    with pytest.raises(AlreadyExists):
+        export_lora({"a": _factored(2, 1)}, out)
+    assert [p.name for p in tmp_path.iterdir()] == ["x.safetensors"]

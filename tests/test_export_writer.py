@@ -1,0 +1,216 @@
+"""The streaming safetensors writer and the complete-or-absent output helpers."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import weakref
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from sepme_engine.errors import AlreadyExists, InvalidInput
+from sepme_engine.export._atomic import atomic_dir
+from sepme_engine.export.safetensors_writer import (
+    TensorEntry,
+    build_header,
+    constant,
+    write_safetensors,
+)
+
+
+def _tensors() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return {
+        "a.f32": torch.randn(3, 5, generator=g),
+        "b.f16": torch.randn(7, generator=g).half(),
+        "c.bf16": torch.randn(2, 2, 3, generator=g).bfloat16(),
+        "d.i64": torch.arange(6).reshape(2, 3),
+        "e.bool": torch.tensor([True, False, True]),
+        "f.scalar": torch.tensor(4.0),
+        "g.empty": torch.zeros(0, 4),
+        "h.u8": torch.arange(5, dtype=torch.uint8),
+    }
+
+
+def _entries(ts: dict[str, torch.Tensor]) -> list[TensorEntry]:
+    return [TensorEntry(k, v.dtype, tuple(v.shape), constant(v)) for k, v in ts.items()]
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_round_trip_through_safetensors(tmp_path: Path) -> None:
+    ts = _tensors()
+    meta = {"sepme.version": "0.1.0", "note": "ünïcode ✓"}
+    out = tmp_path / "x.safetensors"
+    n = write_safetensors(out, _entries(ts), meta)
+    assert n == out.stat().st_size
+    back = load_file(str(out))
+    assert set(back) == set(ts)
+    for k, v in ts.items():
+        assert back[k].dtype == v.dtype and torch.equal(back[k], v), k
+    with safe_open(str(out), framework="pt") as f:
+        assert f.metadata() == meta
+    raw = out.read_bytes()
+    header_len = int.from_bytes(raw[:8], "little")
+    assert header_len % 8 == 0
+    header = json.loads(raw[8 : 8 + header_len])
+    assert header["a.f32"]["dtype"] == "F32" and header["c.bf16"]["dtype"] == "BF16"
+    # data laid out back to back in entry order
+    assert header["a.f32"]["data_offsets"] == [0, 60]
+    assert header["b.f16"]["data_offsets"] == [60, 74]
+    assert _leftovers(tmp_path) == ["x.safetensors"]
+
+
+def test_sha256_is_patched_into_the_header(tmp_path: Path) -> None:
+    out = tmp_path / "h.safetensors"
+    write_safetensors(out, _entries(_tensors()), {"k": "v"}, hash_key="modelspec.hash_sha256")
+    raw = out.read_bytes()
+    header_len = int.from_bytes(raw[:8], "little")
+    expected = "0x" + hashlib.sha256(raw[8 + header_len :]).hexdigest()
+    with safe_open(str(out), framework="pt") as f:
+        assert f.metadata()["modelspec.hash_sha256"] == expected
+
+
+def test_only_one_produced_tensor_is_alive_at_a_time(tmp_path: Path) -> None:
+    alive: list[weakref.ref[torch.Tensor]] = []
+    peak = 0
+
+    def make(i: int) -> torch.Tensor:
+        nonlocal peak
+        t = torch.full((256, 256), float(i))
+        alive.append(weakref.ref(t))
+        peak = max(peak, sum(r() is not None for r in alive))
+        return t
+
+    entries = [
+        TensorEntry(f"t{i}", torch.float32, (256, 256), lambda i=i: make(i)) for i in range(6)
+    ]
+    write_safetensors(tmp_path / "s.safetensors", entries)
+    assert peak == 1  # each tensor was released before the next one was made
+
+
+def test_header_is_computed_before_any_tensor_is_made() -> None:
+    def boom() -> torch.Tensor:
+        raise AssertionError("made while building the header")
+
+    head = build_header([TensorEntry("w", torch.float16, (4, 3), boom)], {"a": "b"})
+    assert int.from_bytes(head[:8], "little") == len(head) - 8
+    assert json.loads(head[8:])["w"] == {"dtype": "F16", "shape": [4, 3], "data_offsets": [0, 24]}
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_cast_by_slices_equals_to_dtype(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype
+) -> None:
+    import sepme_engine.export.safetensors_writer as writer
+
+    monkeypatch.setattr(writer, "_CAST_ELEMS", 7)  # many slices, a ragged last one
+    g = torch.Generator().manual_seed(1)
+    src = {
+        "a": torch.randn(5, 9, generator=g) * 1e3,
+        "b": torch.randn(3, generator=g, dtype=torch.float64),
+        "c": torch.randn(4, 4, generator=g).half(),
+        "t": torch.randn(6, 4, generator=g).T,  # not contiguous
+    }
+    entries = [TensorEntry(k, dtype, tuple(v.shape), constant(v)) for k, v in src.items()]
+    threads = torch.get_num_threads()
+    write_safetensors(tmp_path / "c.safetensors", entries)
+    assert torch.get_num_threads() == threads
+    back = load_file(str(tmp_path / "c.safetensors"))
+    for k, v in src.items():
+        assert back[k].dtype == dtype and torch.equal(back[k], v.to(dtype)), k
+
+
+def test_non_floating_dtype_mismatch_is_an_error(tmp_path: Path) -> None:
+    entries = [TensorEntry("i", torch.float16, (3,), constant(torch.arange(3)))]
+    with pytest.raises(ValueError, match="declared"):
+        write_safetensors(tmp_path / "i.safetensors", entries)
+    assert _leftovers(tmp_path) == []
+
+
+def test_wrong_shape_from_make_is_an_error_and_leaves_nothing(tmp_path: Path) -> None:
+    entries = [TensorEntry("w", torch.float32, (2, 2), constant(torch.zeros(3)))]
+    with pytest.raises(ValueError, match="declared"):
+        write_safetensors(tmp_path / "bad.safetensors", entries)
+    assert _leftovers(tmp_path) == []
+
+
+def test_metadata_must_be_strings(tmp_path: Path) -> None:
+    with pytest.raises(TypeError):
+        write_safetensors(tmp_path / "m.safetensors", [], {"n": 3})  # type: ignore[dict-item]
+
+
+@pytest.mark.parametrize("exc", [OSError(28, "No space left on device"), KeyboardInterrupt()])
+def test_failure_mid_write_leaves_no_partial_file(tmp_path: Path, exc: BaseException) -> None:
+    ts = _tensors()
+    entries = _entries(ts)
+
+    def fail() -> torch.Tensor:
+        raise exc
+
+    entries.insert(4, TensorEntry("boom", torch.float32, (2,), fail))
+    with pytest.raises(type(exc)):
+        write_safetensors(tmp_path / "p.safetensors", entries)
+    assert _leftovers(tmp_path) == []
+
+
+def test_failure_in_fsync_keeps_the_old_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "keep.safetensors"
+    write_safetensors(out, _entries({"old": torch.ones(3)}))
+    before = out.read_bytes()
+
+    def broken_fsync(fd: int) -> None:
+        raise OSError(5, "I/O error")
+
+    monkeypatch.setattr(os, "fsync", broken_fsync)
+    with pytest.raises(OSError, match="I/O"):
+        write_safetensors(out, _entries({"new": torch.zeros(3)}), force=True)
+    assert out.read_bytes() == before
+    assert _leftovers(tmp_path) == ["keep.safetensors"]
+
+
+def test_existing_file_needs_force(tmp_path: Path) -> None:
+    out = tmp_path / "f.safetensors"
+    write_safetensors(out, _entries({"a": torch.ones(2)}))
+    with pytest.raises(AlreadyExists) as info:
+        write_safetensors(out, _entries({"b": torch.ones(2)}))
+    assert info.value.hint and "--force" in info.value.hint
+    assert set(load_file(str(out))) == {"a"}
+    write_safetensors(out, _entries({"b": torch.ones(2)}), force=True)
+    assert set(load_file(str(out))) == {"b"}
+    assert _leftovers(tmp_path) == ["f.safetensors"]
+
+
+def test_a_folder_is_not_replaced_by_a_file(tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    with pytest.raises(InvalidInput):
+        write_safetensors(tmp_path / "d", _entries({"a": torch.ones(1)}), force=True)
+
+
+def test_atomic_dir_replaces_only_on_success(tmp_path: Path) -> None:
+    dest = tmp_path / "pipe"
+    with atomic_dir(dest, force=False) as tmp:
+        (tmp / "one.txt").write_text("1")
+    assert _leftovers(dest) == ["one.txt"]
+    with pytest.raises(AlreadyExists):
+        with atomic_dir(dest, force=False):
+            pass
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_dir(dest, force=True) as tmp:
+            (tmp / "two.txt").write_text("2")
+            raise KeyboardInterrupt
+    assert _leftovers(dest) == ["one.txt"]
+    assert _leftovers(tmp_path) == ["pipe"]
+    with atomic_dir(dest, force=True) as tmp:
+        (tmp / "two.txt").write_text("2")
+    assert _leftovers(dest) == ["two.txt"]
+    assert _leftovers(tmp_path) == ["pipe"]
