@@ -104,11 +104,17 @@ class Evaluator:
         self.passes += len(prompts) * n * TOY_STEPS * 2
         return sample_images(self.pipe, prompts, self.k.seed, n, TOY_STEPS, TOY_GUIDANCE)
 
-    def run(self, deltas: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
+    def run(
+        self, deltas: dict[str, torch.Tensor] | None = None, bare: list[str] | None = None
+    ) -> dict[str, Any]:
+        """Judge the full prompts and the bare prompts of `bare` (default: all 13 concepts)."""
+        bare_list = list(self.bare if bare is None else bare)
+
         def go() -> dict[str, Any]:
-            bare = self.images(self.bare, self.k.n)
-            full = self.images(self.k.full_prompts, self.k.n)
-            return {"bare": bare, "full": full}
+            return {
+                "bare": self.images(bare_list, self.k.n),
+                "full": self.images(self.k.full_prompts, self.k.n),
+            }
 
         if deltas:
             with apply_deltas_inplace(self.pipe.unet, deltas):
@@ -118,9 +124,9 @@ class Evaluator:
         n = self.k.n
         bare_v = judge_batch(imgs["bare"])
         full_v = judge_batch(imgs["full"])
-        bare_acc = {c: _rate(bare_v[i * n : (i + 1) * n], c) for i, c in enumerate(self.bare)}
+        bare_acc = {c: _rate(bare_v[i * n : (i + 1) * n], c) for i, c in enumerate(bare_list)}
         per_prompt = {p: full_v[i * n : (i + 1) * n] for i, p in enumerate(self.k.full_prompts)}
-        return {"bare": bare_acc, "per_prompt": per_prompt, "images": imgs}
+        return {"bare": bare_acc, "bare_list": bare_list, "per_prompt": per_prompt, "images": imgs}
 
     def chance(self) -> dict[str, float]:
         blank = judge_batch(self.images([""], self.k.n_blank))
@@ -289,8 +295,8 @@ def summarize(
         base_full = full_accuracy(base, c, set() if c in erased else avoid - {c})
         rows[c] = {
             "group": group,
-            "bare": ev["bare"][c],
-            "bare_lift": ev["bare"][c] - chance[c],
+            "bare": ev["bare"].get(c),
+            "bare_lift": None if c not in ev["bare"] else ev["bare"][c] - chance[c],
             "full": acc_full,
             "full_lift": None if acc_full is None else acc_full - chance[c],
             "base_bare": base["bare"][c],
@@ -317,36 +323,28 @@ def summarize(
 
 
 def restored_distance(
-    ev: dict[str, Any], base: dict[str, Any], concept: str, knobs: Knobs, bare_list: list[str]
+    ev: dict[str, Any], base: dict[str, Any], concept: str, knobs: Knobs
 ) -> dict[str, float]:
+    """Pixel distance between the composition's and the base's images of the restored concept's
+    prompts (bare and full), same seeds; the base ran every bare prompt, a scene only its own."""
     n = knobs.n
-    i = bare_list.index(concept)
-    bare_idx = list(range(i * n, (i + 1) * n))
+    i, j = ev["bare_list"].index(concept), base["bare_list"].index(concept)
     full_idx = [
-        j * n + s
-        for j, p in enumerate(knobs.full_prompts)
+        k * n + s
+        for k, p in enumerate(knobs.full_prompts)
         if concept in p.split()
         for s in range(n)
     ]
+    pairs = {"bare": [(i * n + s, j * n + s) for s in range(n)], "full": [(x, x) for x in full_idx]}
 
-    def dist(part: str, idx: list[int]) -> float:
-        if not idx:
-            return float("nan")
-        return float(
-            np.mean([np.abs(ev["images"][part][k] - base["images"][part][k]).mean() for k in idx])
-        )
+    def diffs(part: str) -> list[np.ndarray]:
+        return [np.abs(ev["images"][part][a] - base["images"][part][b]) for a, b in pairs[part]]
 
-    def maxdist(part: str, idx: list[int]) -> float:
-        if not idx:
-            return float("nan")
-        return float(
-            max(np.abs(ev["images"][part][k] - base["images"][part][k]).max() for k in idx)
-        )
-
+    bare_d, full_d = diffs("bare"), diffs("full")
     return {
-        "bare_mean_abs": dist("bare", bare_idx),
-        "full_mean_abs": dist("full", full_idx),
-        "max_abs": max(maxdist("bare", bare_idx), maxdist("full", full_idx)),
+        "bare_mean_abs": float(np.mean([d.mean() for d in bare_d])),
+        "full_mean_abs": float(np.mean([d.mean() for d in full_d])) if full_d else float("nan"),
+        "max_abs": float(max(d.max() for d in bare_d + full_d)),
     }
 
 
@@ -360,6 +358,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--scenes", default="1,2,3,4")
     ap.add_argument("--no-single", action="store_true")
+    ap.add_argument("--n", type=int, help="samples per prompt (default 8, quick 4)")
+    ap.add_argument("--n-full", type=int, help="use only the first N full prompts")
+    ap.add_argument("--n-blank", type=int, help="blank-prompt samples for chance")
+    ap.add_argument(
+        "--pipe", type=Path, help="a toy-world pipeline folder (default: the shipped toy base)"
+    )
+    ap.add_argument(
+        "--max-steps", type=int, help="cap every trained method's iterations (smoke tests)"
+    )
     args = ap.parse_args(argv)
     torch.manual_seed(args.seed)
     t_start = time.perf_counter()
@@ -375,9 +382,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         knobs.esd_caps = (25, 50)
         knobs.fmn_steps = 10
         knobs.sepme_steps = 60
+    if args.n:
+        knobs.n = args.n
+    if args.n_full:
+        knobs.full_prompts = knobs.full_prompts[: args.n_full]
+    if args.n_blank:
+        knobs.n_blank = args.n_blank
+    if args.max_steps:
+        knobs.esd_caps = tuple(min(c, args.max_steps) for c in knobs.esd_caps[:2])
+        knobs.fmn_steps = min(knobs.fmn_steps, args.max_steps)
+        knobs.sepme_steps = args.max_steps
     methods = [m for m in args.methods.split(",") if m]
     scenes = [SCENES[int(i) - 1] for i in args.scenes.split(",") if i]
-    pipe = load_toy_pipeline()
+    pipe = load_toy_pipeline(args.pipe)
     evaluator = Evaluator(pipe, knobs)
     trainer = Trainer(pipe, knobs)
     log = lambda msg: print(f"[{time.perf_counter() - t_start:6.0f}s] {msg}", flush=True)  # noqa: E731
@@ -415,13 +432,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             log(f"single: sepme {c}")
             inc = trainer.sepme(c, [])
             rec = trainer.log[-1]
-            ev = evaluator.run(sum_deltas([inc]))
+            ev = evaluator.run(sum_deltas([inc]), bare=[c])
             s = summarize(ev, base, chance, [c], [])
             low_tau = -0.5 * abs(rec["lcor0"])
             log(f"single: sepme {c} tau={low_tau:.3g}")
             inc_low = trainer.sepme(c, [], tau=low_tau)
             rec_low = trainer.log[-1]
-            ev_low = evaluator.run(sum_deltas([inc_low]))
+            ev_low = evaluator.run(sum_deltas([inc_low]), bare=[c])
             s_low = summarize(ev_low, base, chance, [c], [])
             single[c] = {"default": {"cost": rec, **s}, "low_tau": {"cost": rec_low, **s_low}}
         result["single"] = single
@@ -442,15 +459,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         baseline_incs[(method, c)] = trainer.baseline(method, c)
                     incs[c] = baseline_incs[(method, c)]
             order = sorted(incs)
-            ev0 = evaluator.run(sum_deltas([incs[c] for c in order]))
+            ev0 = evaluator.run(sum_deltas([incs[c] for c in order]), bare=concepts)
             entry: dict[str, Any] = {"t0": summarize(ev0, base, chance, concepts, [])}
             if restore:
                 kept = [c for c in order if c != restore]
-                ev1 = evaluator.run(sum_deltas([incs[c] for c in kept]))
+                ev1 = evaluator.run(sum_deltas([incs[c] for c in kept]), bare=concepts)
                 entry["t1"] = summarize(ev1, base, chance, kept, [restore])
-                entry["t1"]["restored_distance"] = restored_distance(
-                    ev1, base, restore, knobs, evaluator.bare
-                )
+                entry["t1"]["restored_distance"] = restored_distance(ev1, base, restore, knobs)
             scene["methods"][method] = entry
         result["scenes"][title] = scene
 
@@ -460,7 +475,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for method in methods:
         if method == "uce":
             inc = baseline_incs.get(("uce", target)) or trainer.baseline("uce", target)
-            ev = evaluator.run(sum_deltas([inc]))
+            ev = evaluator.run(sum_deltas([inc]), bare=[target])
             cost[method] = {
                 "reached": ev["bare"][target] - chance[target] <= 0,
                 "unet_passes": 0,
@@ -485,7 +500,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 log(f"cost: {method} {target} cap {cap}")
                 inc = trainer.baseline(method, target, steps=cap)
                 rec = trainer.log[-1]
-                ev = evaluator.run(sum_deltas([inc]))
+                ev = evaluator.run(sum_deltas([inc]), bare=[target])
                 lift = ev["bare"][target] - chance[target]
                 tried.append(
                     {"cap": cap, "unet_passes": rec["unet_passes_total"], "bare_lift": lift}
