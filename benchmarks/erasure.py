@@ -76,15 +76,16 @@ class Knobs:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def eval_prompts(quick: bool) -> list[str]:
-    """Balanced full prompts: every colour × shape once, the style rotating (24), or 12 in quick mode."""
+def eval_prompts(size: int) -> list[str]:
+    """Balanced full prompts: 24 = every colour × shape once with the style rotating; 12 = half of
+    those (each colour twice, each shape three times, each style four times); 6 = 12's first half."""
     out = []
     for i, colour in enumerate(COLOURS):
         for j, shape in enumerate(SHAPES):
-            if quick and (i + j) % 2:
+            if size < 24 and (i + j) % 2:
                 continue
             out.append(full_caption(colour, shape, STYLES[(i + j) % 3]))
-    return out
+    return out[:size]
 
 
 def named(prompt: str) -> dict[str, str]:
@@ -359,6 +360,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--scenes", default="1,2,3,4")
     ap.add_argument("--no-single", action="store_true")
     ap.add_argument("--n", type=int, help="samples per prompt (default 8, quick 4)")
+    ap.add_argument(
+        "--full-size", type=int, default=12, choices=(6, 12, 24), help="full prompts in the set"
+    )
     ap.add_argument("--n-full", type=int, help="use only the first N full prompts")
     ap.add_argument("--n-blank", type=int, help="blank-prompt samples for chance")
     ap.add_argument(
@@ -374,7 +378,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     knobs = Knobs(
         n=4 if quick else 8,
         n_blank=32 if quick else 96,
-        full_prompts=eval_prompts(quick),
+        full_prompts=eval_prompts(6 if quick else args.full_size),
         seed=args.seed,
         quick=quick,
     )
