@@ -39,7 +39,7 @@ def test_malformed_names_file_and_line(tmp_path: Path) -> None:
     [
         ('colour = "red"\n', "unknown setting 'colour'"),
         ('device = "tpu"\n', "device must be one of"),
-        ("[erase]\nlr = \"fast\"\n", r"config.toml:2: lr must be float"),
+        ('[erase]\nlr = "fast"\n', r"config.toml:2: lr must be float"),
         ("[erase.sd1]\nbogus = 1\n", "unknown erase setting 'bogus'"),
     ],
 )

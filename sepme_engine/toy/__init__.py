@@ -45,7 +45,7 @@ def load_toy_pipeline(path: Path | None = None, device: str | None = None) -> An
     pipe = StableDiffusionPipeline.from_pretrained(
         str(path or toy_pipeline_path()),
         local_files_only=True,
-        torch_dtype=torch.float32,
+        dtype=torch.float32,
         safety_checker=None,
         requires_safety_checker=False,
     )

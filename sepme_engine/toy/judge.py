@@ -49,6 +49,8 @@ _REF_CHROMA = _chroma(np.array([COLOUR_RGB[c] for c in COLOURS]))
 _OFF = np.array([-0.5, 0.0, 0.5])
 _DR = np.array([-1.0, -0.5, 0.0, 0.5, 1.0])
 _GY, _GX = np.mgrid[0:SIZE, 0:SIZE].astype(np.float64) + 0.5
+_OX, _OY = (o.reshape(1, -1, 1, 1) for o in np.meshgrid(_OFF, _OFF))
+_TX, _TY = _GX[None, None] - _OX, _GY[None, None] - _OY  # (1, 9, H, W) shifted grids
 
 
 def soft_mask(img: np.ndarray) -> np.ndarray:
@@ -83,19 +85,12 @@ def _bbox(mask: np.ndarray) -> tuple[float, float, float]:
 
 def judge_shape(mask: np.ndarray) -> str:
     cx, cy, r = _bbox(mask)
-    best, best_err = SHAPES[0], np.inf
+    rr = np.maximum(r + _DR, 1.0).reshape(-1, 1, 1, 1)  # (5, 1, 1, 1)
+    errs = []
     for shape in SHAPES:
-        for dr in _DR:
-            rr = max(r + dr, 1.0)
-            # all centre offsets at once: (9, H, W)
-            ox, oy = np.meshgrid(_OFF, _OFF)
-            xx = _GX[None] - ox.reshape(-1, 1, 1)
-            yy = _GY[None] - oy.reshape(-1, 1, 1)
-            cov = np.clip(0.5 - shape_sdf(shape, cx, cy, rr, xx, yy), 0.0, 1.0)
-            err = float(np.abs(cov - mask[None]).mean(axis=(1, 2)).min())
-            if err < best_err:
-                best, best_err = shape, err
-    return best
+        cov = np.clip(0.5 - shape_sdf(shape, cx, cy, rr, _TX, _TY), 0.0, 1.0)  # (5, 9, H, W)
+        errs.append(float(np.abs(cov - mask).mean(axis=(2, 3)).min()))
+    return SHAPES[int(np.argmin(errs))]
 
 
 def _dilate(mask: np.ndarray, k: int) -> np.ndarray:
@@ -156,7 +151,9 @@ def judge(img: np.ndarray) -> Verdict:
     """Classify one (32, 32, 3) float image in [0, 1]."""
     a = _as_image(img)
     mask = soft_mask(a)
-    return Verdict(colour=judge_colour(a, mask), shape=judge_shape(mask), style=judge_style(a, mask))
+    return Verdict(
+        colour=judge_colour(a, mask), shape=judge_shape(mask), style=judge_style(a, mask)
+    )
 
 
 def judge_batch(images: np.ndarray | Iterable[np.ndarray]) -> list[Verdict]:

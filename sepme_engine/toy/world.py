@@ -136,7 +136,9 @@ def random_scene(
 _YY, _XX = np.mgrid[0:SIZE, 0:SIZE].astype(np.float64) + 0.5
 
 
-def _box_sd(dx: np.ndarray, dy: np.ndarray, hx: float, hy: float) -> np.ndarray:
+def _box_sd(
+    dx: np.ndarray, dy: np.ndarray, hx: float | np.ndarray, hy: float | np.ndarray
+) -> np.ndarray:
     qx = np.abs(dx) - hx
     qy = np.abs(dy) - hy
     outside = np.hypot(np.maximum(qx, 0.0), np.maximum(qy, 0.0))
@@ -148,7 +150,7 @@ def shape_sdf(
     shape: str,
     cx: float,
     cy: float,
-    r: float,
+    r: float | np.ndarray,
     xx: np.ndarray | None = None,
     yy: np.ndarray | None = None,
 ) -> np.ndarray:
@@ -167,8 +169,8 @@ def shape_sdf(
         # apex (0, -r), base corners (±r, r); y grows downwards
         base = dy - r
         n = np.hypot(2.0, 1.0)
-        right = (2.0 * dx + dy - r) / n
-        left = (-2.0 * dx + dy - r) / n
+        right = (2.0 * dx - dy - r) / n
+        left = (-2.0 * dx - dy - r) / n
         return np.maximum(base, np.maximum(left, right))
     raise KeyError(f"unknown shape {shape!r}")
 
