@@ -155,3 +155,15 @@ def test_export_bad_input(erased_base, tmp_path: Path) -> None:
     assert res.exit_code == 1 and "does not exist" in res.stderr
     res = run("export", str(tmp_path / "a.safetensors"), "--variant", "nope")
     assert res.exit_code == 1 and "no variant" in res.stderr
+
+
+def test_increment_of_another_base_is_refused(erased_base, store: Store, tmp_path: Path) -> None:
+    key = "tiny/cat"
+    data = store.read_manifest("increments", key)
+    data["base_digest"] = "sha256:" + "0" * 64
+    store.write_manifest("increments", key, data)
+    res = run("export", str(tmp_path / "m.safetensors"))
+    assert (
+        res.exit_code == 1 and "base mismatch" in res.stderr and "sha256:000000000000" in res.stderr
+    )
+    assert not (tmp_path / "m.safetensors").exists()
