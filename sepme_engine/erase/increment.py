@@ -126,13 +126,14 @@ class Increment:
     def delta(self, layer: str) -> torch.Tensor:
         """Dense ΔW `[d_out, d_in]` float32 of `layer`.
 
-        For factored increments the product is taken in float64 and rounded once to float32,
-        so the result does not depend on the BLAS summation order (reproducible across
-        machines)."""
+        For factored increments the product is one float32 matmul: deterministic on a machine
+        (so a composition and its restoration are bit-exact), but the last bit may differ between
+        BLAS builds. (A float64 product was 2–3× slower and made composing ten SD-sized
+        increments miss its 2 s goal; see benchmarks/results/export.md.)"""
         if self.kind == "dense":
             return self.deltas[layer]
         assert self.basis is not None
-        return (self.coefs[layer].double() @ self.basis.double()).float()
+        return self.coefs[layer] @ self.basis
 
     def rank(self) -> int:
         """Factored: m, the number of basis rows (an upper bound on every ΔW's rank).

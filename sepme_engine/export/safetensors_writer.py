@@ -7,10 +7,10 @@ with spaces to a multiple of 8), then the tensors' bytes back to back in header 
 The header is computed from each tensor's declared dtype and shape before any data is produced;
 then each entry's `make()` is called, its bytes written and the tensor released. `make()` may
 return a floating tensor of another floating dtype than declared: the writer then casts it slice
-by slice through one small reusable buffer (the same values as `.to(dtype)`, without allocating a
-cast copy of the tensor), single-threaded, which on a busy machine is both the fastest and the
-leanest way (the slice stays in cache between the cast and the write). Another shape, or a
-non-floating mismatch, is an error (the header would lie).
+by slice through a ring of three small reusable buffers (the same values as `.to(dtype)`, without
+allocating a cast copy of the tensor), single-threaded. The bytes are written by a background
+thread, so producing/casting the next slice overlaps the write of the previous one. Another
+shape, or a non-floating mismatch, is an error (the header would lie).
 """
 
 from __future__ import annotations
@@ -19,12 +19,14 @@ import hashlib
 import json
 import math
 import os
+import queue
 import sys
+import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import torch
 
@@ -104,15 +106,75 @@ def _raw_bytes(t: torch.Tensor) -> memoryview:
 
 
 class _Caster:
-    """Cast-and-write through one reusable buffer per target dtype."""
+    """Cast slices through a small ring of reusable buffers per target dtype: while the writer
+    thread writes one slice, the next is cast into another buffer."""
+
+    RING = 3  # one being written, one queued, one being filled
 
     def __init__(self) -> None:
-        self._bufs: dict[torch.dtype, torch.Tensor] = {}
+        self._bufs: dict[torch.dtype, list[torch.Tensor]] = {}
+        self._next: dict[torch.dtype, int] = {}
 
     def buffer(self, dtype: torch.dtype) -> torch.Tensor:
         if dtype not in self._bufs:
-            self._bufs[dtype] = torch.empty(_CAST_ELEMS, dtype=dtype)
-        return self._bufs[dtype]
+            self._bufs[dtype] = [torch.empty(_CAST_ELEMS, dtype=dtype) for _ in range(self.RING)]
+            self._next[dtype] = 0
+        i = self._next[dtype]
+        self._next[dtype] = (i + 1) % self.RING
+        return self._bufs[dtype][i]
+
+
+class _Writer:
+    """Writes byte views on a background thread (file writes release the GIL), so producing and
+    casting the next tensor overlaps the I/O of the previous one. At most `depth` views wait in
+    the queue; an error in the thread is raised in the caller at the next `put` or at `close`."""
+
+    def __init__(self, f: BinaryIO, hasher: Any | None, depth: int = 1) -> None:
+        self._f, self._hasher = f, hasher
+        self._q: queue.Queue[memoryview | None] = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="sepme-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            view = self._q.get()
+            if view is None:
+                return
+            if self._error is not None:
+                continue  # drain after a failure
+            try:
+                self._f.write(view)
+                if self._hasher is not None:
+                    self._hasher.update(view)
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
+                self._error = exc
+            del view  # release the tensor behind it before waiting for the next one
+
+    def _check(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def put(self, view: memoryview) -> None:
+        self._check()
+        self._q.put(view)
+
+    def close(self) -> None:
+        """Wait for every queued write; re-raise the thread's error, if any."""
+        self._q.put(None)
+        self._thread.join()
+        self._check()
+
+    def abort(self) -> None:
+        """Stop after the write in progress (used when the caller fails)."""
+        self._error = self._error or RuntimeError("aborted")
+        while True:
+            try:
+                self._q.get_nowait()
+            except queue.Empty:
+                break
+        self._q.put(None)
+        self._thread.join()
 
 
 def _check_produced(e: TensorEntry, t: torch.Tensor) -> None:
@@ -145,15 +207,11 @@ def write_entries(
     written = len(head)
     hasher = hashlib.sha256() if hash_key is not None else None
 
-    def emit(view: memoryview) -> None:
-        f.write(view)
-        if hasher is not None:
-            hasher.update(view)
-
     caster = _Caster()
     total = len(entries)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    writer = _Writer(f, hasher)
     try:
         for i, e in enumerate(entries):
             t = e.make()
@@ -162,20 +220,24 @@ def write_entries(
             del t
             n = flat.numel()
             if flat.dtype == e.dtype:
-                view = _raw_bytes(flat)
+                view = _raw_bytes(flat)  # keeps `flat` alive until written
                 for start in range(0, len(view), _CHUNK):
-                    emit(view[start : start + _CHUNK])
+                    writer.put(view[start : start + _CHUNK])
                 del view
             else:
-                buf = caster.buffer(e.dtype)
                 for start in range(0, n, _CAST_ELEMS):
                     m = min(_CAST_ELEMS, n - start)
+                    buf = caster.buffer(e.dtype)
                     buf[:m].copy_(flat[start : start + m])
-                    emit(_raw_bytes(buf[:m]))
+                    writer.put(_raw_bytes(buf[:m]))
             written += n * flat.new_empty((), dtype=e.dtype).element_size()
             del flat
             if progress is not None:
                 progress(i + 1, total)
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
     finally:
         torch.set_num_threads(threads)
     if hasher is not None:

@@ -70,6 +70,7 @@ class TrainConfig:
     checkpoint_minutes: float = 5.0
     fp16: bool = False
     resume: str | None = None  # continue from this pipeline folder (skips the VAE phase)
+    shape_weights: tuple[float, ...] | None = None  # sampling weights of SHAPES (None: uniform)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -377,7 +378,7 @@ def train(cfg: TrainConfig, out: Path) -> dict[str, Any]:
         for g in opt.param_groups:
             g["lr"] = cfg.lr * _lr_factor(cfg, step, frac)
 
-        images, captions, _ = sample_batch(rng, cfg.batch, cfg.p_empty)
+        images, captions, _ = sample_batch(rng, cfg.batch, cfg.p_empty, cfg.shape_weights)
         with torch.no_grad():
             x0 = vae.encode(_to_tensor(images)).latent_dist.mean * vae.config.scaling_factor
         noise = torch.randn_like(x0)
@@ -467,6 +468,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path]:
     ap.add_argument("--fp16", action="store_true", help="save the weights in float16")
     ap.add_argument("--resume", type=str, default=None, help="continue from a pipeline folder")
     ap.add_argument("--warmup", type=int, default=TrainConfig.warmup)
+    ap.add_argument(
+        "--shape-weights",
+        type=str,
+        default=None,
+        help="sampling weights of circle,square,triangle,cross (e.g. 1,1,1,2); default uniform",
+    )
     a = ap.parse_args(argv)
     cfg = TrainConfig(
         seed=a.seed,
@@ -483,6 +490,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path]:
         fp16=a.fp16,
         resume=a.resume,
         warmup=a.warmup,
+        shape_weights=(
+            tuple(float(w) for w in a.shape_weights.split(",")) if a.shape_weights else None
+        ),
     )
     return cfg, a.out
 

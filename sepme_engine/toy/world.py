@@ -16,6 +16,7 @@ Everything here is numpy-only and deterministic for a given `numpy.random.Genera
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -208,10 +209,24 @@ def render(scene: Scene, rng: np.random.Generator | None = None, noise: bool = T
 
 
 def sample_batch(
-    rng: np.random.Generator, n: int, p_empty: float = 0.1
+    rng: np.random.Generator,
+    n: int,
+    p_empty: float = 0.1,
+    shape_p: Sequence[float] | None = None,
 ) -> tuple[np.ndarray, list[str], list[Scene]]:
-    """`n` random scenes: images (n, 32, 32, 3) float32 in [0, 1], training captions, scenes."""
-    scenes = [random_scene(rng) for _ in range(n)]
+    """`n` random scenes: images (n, 32, 32, 3) float32 in [0, 1], training captions, scenes.
+
+    `shape_p`: sampling probabilities of SHAPES (uniform when None) — a training-time knob to
+    give a hard shape more examples; the world itself is unchanged.
+    """
+    if shape_p is None:
+        scenes = [random_scene(rng) for _ in range(n)]
+    else:
+        p = np.asarray(shape_p, dtype=np.float64)
+        if p.shape != (len(SHAPES),) or (p < 0).any() or p.sum() <= 0:
+            raise ValueError(f"shape_p needs {len(SHAPES)} non-negative weights, got {shape_p}")
+        picks = rng.choice(len(SHAPES), size=n, p=p / p.sum())
+        scenes = [random_scene(rng, shape=SHAPES[int(k)]) for k in picks]
     images = np.stack([render(s, rng) for s in scenes])
     captions = [random_caption(s, rng, p_empty) for s in scenes]
     return images, captions, scenes
