@@ -22,6 +22,7 @@ from sepme_engine.toy.world import (
     random_caption,
     random_scene,
     render,
+    sample_batch,
 )
 
 
@@ -160,3 +161,13 @@ def test_tokenizer_words_are_single_tokens(tmp_path) -> None:
     tok2 = CLIPTokenizer.from_pretrained(tmp_path / "tok", local_files_only=True)
     assert tok2("magenta cross").input_ids == tok("magenta cross").input_ids
     assert len(tok2) == len(tok)
+
+
+def test_sample_batch_shape_weights() -> None:
+    rng = np.random.default_rng(0)
+    _, captions, scenes = sample_batch(rng, 64, 0.0, shape_p=[0, 0, 1, 3])
+    shapes = [s.shape for s in scenes]
+    assert set(shapes) == {"triangle", "cross"}
+    assert shapes.count("cross") > shapes.count("triangle")
+    with pytest.raises(ValueError, match="shape_p"):
+        sample_batch(rng, 4, 0.0, shape_p=[1, 1])
