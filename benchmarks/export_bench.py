@@ -135,7 +135,7 @@ def child_export(out: Path, base_dtype: str, reps: int) -> dict[str, Any]:
 
     torch.manual_seed(0)
     pipe = build_pipe(dtype=base_dtype)
-    deltas = compose_deltas(random_increments(pipe.unet, 2, 16).values())
+    deltas = compose_deltas(list(random_increments(pipe.unet, 2, 16).values()))
     warm(pipe)
     rss_model, peak_model = _rss_now(), _rss_peak()
     walls = []
@@ -230,7 +230,7 @@ def child_compose(ms: list[int]) -> dict[str, Any]:
         incs = random_increments(unet, 10, m, seed=2)
         compose_deltas(list(incs.values())[:1])  # warm-up
         t0 = time.perf_counter()
-        deltas = compose_deltas(incs.values())
+        deltas = compose_deltas(list(incs.values()))
         compose_s = time.perf_counter() - t0
         # for comparison: one float32 product of the concatenated factors per layer
         t0 = time.perf_counter()

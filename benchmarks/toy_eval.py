@@ -52,7 +52,13 @@ def render_markdown(r: EvalReport, meta: dict) -> str:
             f"Training: {train.get('steps')} steps, batch {train['config']['batch']}, "
             f"{train.get('train_seconds', 0) / 60:.1f} min UNet + {train.get('vae_seconds', 0) / 60:.1f} min VAE, "
             f"{train.get('seconds_per_step', float('nan')):.2f} s/step; params: "
-            + ", ".join(f"{k} {v:,}" for k, v in train.get("params", {}).items()),
+            + ", ".join(f"{k} {v:,}" for k, v in train.get("params", {}).items())
+            + (
+                f"; the last run resumed from step {train['resumed_from_steps']} with shape sampling "
+                f"weights {train['config'].get('shape_weights')} (circle, square, triangle, cross)"
+                if train.get("resumed_from_steps")
+                else ""
+            ),
             "",
         ]
     lines += [
