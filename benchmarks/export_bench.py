@@ -268,7 +268,11 @@ def main() -> None:
     ap.add_argument("--arg", default="")
     ap.add_argument("--reps", type=int, default=4, help="timed repetitions inside each child")
     ap.add_argument("--out-dir", default=None)
-    ap.add_argument("--m", default="64,256", help="basis sizes for the compose timing")
+    ap.add_argument(
+        "--m",
+        default="64,256,691",
+        help="basis sizes for the compose timing (691: blank prompt only on SD 1.5)",
+    )
     args = ap.parse_args()
 
     if args.child:
@@ -404,9 +408,10 @@ def render_md(s: dict[str, Any], runs: dict[str, dict[str, Any]]) -> str:
         "",
         "`compose_deltas` of 10 random factored increments (basis m x 768, coefficients per layer) "
         f"over the SD 1.5 UNet's {s['compose']['rows'][0]['n_layers']} to_k/to_v layers; goal < 2 s. "
-        "It takes each ΔW from `Increment.delta` (float64 product rounded once, reproducible across "
-        "machines) and sums them; the last column is one float32 product of the concatenated "
-        "factors per layer, for comparison.",
+        "It takes each ΔW from `Increment.delta` (one float32 product per increment and layer) and "
+        "sums them in a canonical order; the last column is one float32 product of the concatenated "
+        "factors per layer, for comparison. m = 691 is what a single SD 1.5 concept gets when E_k is "
+        "only the blank prompt (77 rows of rank 77); more preserved prompts shrink m.",
         "",
         "| basis rows m | torch threads | compose_deltas | fp32 concatenated product |",
         "|---:|---:|---:|---:|",
