@@ -24,14 +24,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from sepme_engine.config import ERASE_DEFAULTS
-from sepme_engine.erase.data import generate_training_latents
+from benchmarks.erasure import Knobs, Trainer
+from benchmarks.erasure import _rate as _verdict_rate
 from sepme_engine.erase.hooks import apply_deltas_inplace, sum_deltas
 from sepme_engine.erase.sepme import SepMEConfig, train_sepme
 from sepme_engine.generate import sample_images
 from sepme_engine.toy import TOY_GUIDANCE, TOY_STEPS, load_toy_pipeline
 from sepme_engine.toy.judge import judge_batch
-from sepme_engine.toy.world import axis_of
 
 RESULTS = Path(__file__).parent / "results"
 SETTINGS: list[tuple[str, int, float]] = [
@@ -42,8 +41,7 @@ SETTINGS: list[tuple[str, int, float]] = [
 
 
 def _rate(images: np.ndarray, concept: str) -> float:
-    axis = axis_of(concept)
-    return sum(v.get(axis) == concept for v in judge_batch(images)) / len(images)
+    return _verdict_rate(judge_batch(images), concept)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -58,7 +56,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.manual_seed(0)
     t_start = time.perf_counter()
     pipe = load_toy_pipeline()
-    s = dict(ERASE_DEFAULTS["toy"])
+    trainer = Trainer(pipe, Knobs(n=args.n, n_blank=args.n_blank, full_prompts=[]))
+    s = trainer.settings  # the toy profile's erase defaults
     seed_eval = 1000
 
     def sample(prompt: str, n: int) -> np.ndarray:
@@ -80,15 +79,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     trajectory: list[dict[str, Any]] = []
     for concept in args.concepts.split(","):
-        lat, data_passes = generate_training_latents(
-            pipe,
-            concept,
-            n=int(s["images"]),
-            steps=int(s["image_steps"]),
-            guidance=float(s["image_guidance"]),
-            seed=int(s["seed"]),
-            device="cpu",
-        )
+        lat, data_passes, _ = trainer.data(concept)
         chance = _rate(blank, concept)
         base = _rate(sample(concept, args.n), concept)
 
