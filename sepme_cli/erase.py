@@ -71,8 +71,19 @@ def erase(
     ] = None,
     preserve: Annotated[
         list[str] | None,
-        typer.Option("--preserve", help="A prompt the increment must not touch (repeatable)."),
+        typer.Option(
+            "--preserve",
+            help="A prompt the increment must not touch (repeatable); added to the base "
+            "profile's default preserve prompts (toy: its 13 concepts; SD: none).",
+        ),
     ] = None,
+    no_default_preserve: Annotated[
+        bool,
+        typer.Option(
+            "--no-default-preserve",
+            help="Leave the profile's default preserve prompts out of E_k.",
+        ),
+    ] = False,
     steps: Annotated[int | None, typer.Option(help="Iteration cap.")] = None,
     lr: Annotated[
         float | None, typer.Option(help="Adam learning rate on the coefficients.")
@@ -117,6 +128,7 @@ def erase(
             base=base,
             prompt=prompt,
             preserve=preserve or [],
+            use_default_preserve=not no_default_preserve,
             overrides=overrides,
             method=method,
             device=device,

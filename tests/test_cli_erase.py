@@ -138,6 +138,26 @@ def test_erase_bad_input_leaves_store_unchanged(tiny_base: str, store: Store) ->
     assert not store.list_manifests("increments")
 
 
+def test_profile_default_preserve_prompts_and_opting_out(tiny_base: str, store: Store) -> None:
+    (store.root / "config.toml").write_text(
+        '[erase.sd1]\nimage_steps = 2\npreserve = ["dog", "a cat", "tree"]\n', encoding="utf-8"
+    )
+    res = run("erase", "cat", *FAST, "--preserve", "bird", "--no-apply")
+    assert res.exit_code == 0, res.output
+    # "a cat" names the concept itself, so it is not preserved; the rest are, sorted
+    shown = json.loads(run("show", "cat", "--json").stdout)
+    assert shown["preserve_prompts"] == ["", "bird", "dog", "tree"]
+    res = run("erase", "cat", *FAST, "--no-default-preserve", "--force")
+    assert res.exit_code == 0, res.output
+    assert json.loads(run("show", "cat", "--json").stdout)["preserve_prompts"] == [""]
+    (store.root / "config.toml").write_text(
+        '[erase.sd1]\npreserve = ["a prompt far too long for this tokenizer"]\n', encoding="utf-8"
+    )
+    res = run("erase", "dog", *FAST)
+    assert res.exit_code == 1 and "tokens" in res.stderr
+    assert not store.has_manifest("increments", "tiny/dog")
+
+
 def test_diverging_training_stores_nothing(tiny_base: str, store: Store) -> None:
     res = run("erase", "cat", "--steps", "30", "--images", "1", "--lr", "1e30", "--beta", "1e30")
     assert res.exit_code == 1 and "non-finite" in res.stderr

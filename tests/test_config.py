@@ -47,3 +47,28 @@ def test_bad_values(tmp_path: Path, text: str, match: str) -> None:
     (tmp_path / "config.toml").write_text(text, encoding="utf-8")
     with pytest.raises(ConfigError, match=match):
         load_config(tmp_path)
+
+
+def test_preserve_defaults_and_list_values(tmp_path: Path) -> None:
+    from sepme_engine.toy.world import CONCEPTS
+
+    cfg = load_config(tmp_path)
+    assert cfg.erase("toy")["preserve"] == list(CONCEPTS)  # the toy world's concepts
+    assert cfg.erase("sd1")["preserve"] == []  # real bases: none by default
+    cfg.erase("sd1")["preserve"].append("x")  # a caller's copy, not the shared default
+    assert load_config(tmp_path).erase("sd2")["preserve"] == []
+
+    (tmp_path / "config.toml").write_text(
+        '[erase.toy]\npreserve = []\n[erase.sd1]\npreserve = ["a photo", "a painting"]\n',
+        encoding="utf-8",
+    )
+    cfg = load_config(tmp_path)
+    assert cfg.erase("toy")["preserve"] == []
+    assert cfg.erase("sd1")["preserve"] == ["a photo", "a painting"]
+
+    (tmp_path / "config.toml").write_text('[erase]\npreserve = "a photo"\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"config.toml:2: preserve must be a list of prompts"):
+        load_config(tmp_path)
+    (tmp_path / "config.toml").write_text("[erase]\npreserve = [1, 2]\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="list of prompts"):
+        load_config(tmp_path)

@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from sepme_cli.app import app
 from sepme_engine.store import Store
+from sepme_engine.toy import CONCEPTS
 
 runner = CliRunner()
 
@@ -54,7 +55,10 @@ def test_generate_grid_and_compare_after_erase(tmp_path: Path, store: Store) -> 
     assert res.exit_code == 0, res.output
     o = json.loads(res.stdout)["outcomes"][0]
     assert o["unet_passes_data"] == 8 * 25 * 2  # the toy profile: 8 images, 25 steps, CFG
-    assert json.loads(run("show", "circle", "--json").stdout)["settings"]["beta"] == 0.01
+    shown = json.loads(run("show", "circle", "--json").stdout)
+    assert shown["settings"]["beta"] == 0.01
+    # the toy profile preserves the other toy concepts by default: E_k = blank + the other 12
+    assert shown["preserve_prompts"] == ["", *sorted(c for c in CONCEPTS if c != "circle")]
 
     cmp_out = tmp_path / "cmp.png"
     res = run(

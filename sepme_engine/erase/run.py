@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -77,6 +78,33 @@ def erase_settings(store: Store, base: BaseInfo, overrides: dict[str, Any]) -> d
     settings = dict(load_config(store.root).erase(base.profile))
     settings.update({k: v for k, v in overrides.items() if v is not None})
     return settings
+
+
+def _mentions(prompt: str, phrase: str) -> bool:
+    """Whether `phrase` occurs in `prompt` as whole words (case-insensitive)."""
+    words = phrase.strip()
+    if not words:
+        return False
+    return re.search(rf"(?<!\w){re.escape(words)}(?!\w)", prompt, re.IGNORECASE) is not None
+
+
+def build_e_k(
+    prompt: str,
+    others: Sequence[str] = (),
+    earlier: Sequence[str] = (),
+    preserve: Sequence[str] = (),
+    default_preserve: Sequence[str] = (),
+) -> list[str]:
+    """The prompts an increment for `prompt` must leave unchanged (METHOD.md's E_k, without the
+    blank prompt, which `train_*` always adds first): the other concepts of this call, the
+    concepts already erased on the base, the user's `--preserve` prompts, and the profile's default
+    preserve prompts — except those that share words with the concept: one the concept's prompt
+    mentions or one that mentions the concept (erasing "a red circle" on the toy base keeps neither
+    "red" nor "circle" in E_k; erasing "cat" drops a default "a cat"). Sorted and unique, so the
+    increment does not depend on the order things were named in."""
+    kept = [q for q in default_preserve if not (_mentions(prompt, q) or _mentions(q, prompt))]
+    rest = {q for q in [*others, *earlier, *preserve, *kept] if q.strip() and q != prompt}
+    return sorted(rest)
 
 
 def _latents_key(
@@ -220,6 +248,7 @@ def erase(
     base: str | None = None,
     prompt: str | None = None,
     preserve: Sequence[str] = (),
+    use_default_preserve: bool = True,
     overrides: dict[str, Any] | None = None,
     method: str = "sepme",
     device: str | None = None,
@@ -228,7 +257,11 @@ def erase(
     force: bool = False,
     on_event: Callable[[Event], None] | None = None,
 ) -> EraseReport:
-    """Train one increment per concept. Several concepts = the all-known scenario."""
+    """Train one increment per concept. Several concepts = the all-known scenario.
+
+    Each increment's E_k is `build_e_k(...)`: the call's other concepts, the base's earlier
+    increments, `preserve`, and (unless `use_default_preserve` is false) the profile's default
+    preserve prompts from the config (`preserve`; the toy profile's are its 13 concepts)."""
     import torch
 
     from sepme_engine.erase.sepme import SepMEConfig
@@ -273,7 +306,8 @@ def erase(
     pipe = load_base(store, info.name, device=dev, dtype=getattr(torch, dtype_name))
     for _, p in targets:
         check_prompt(pipe, p)
-    for p in preserve:
+    default_preserve = list(settings.get("preserve", [])) if use_default_preserve else []
+    for p in [*preserve, *default_preserve]:
         check_prompt(pipe, p)
     config = SepMEConfig(
         alpha=float(settings["alpha"]),
@@ -300,9 +334,13 @@ def erase(
         def on_step(s: Any, name: str = name) -> None:
             emit(Event("step", name, s.iteration, s.max_steps, s))
 
-        e_k = [
-            q for q in [*(tp for tn, tp in targets if tn != name), *earlier, *preserve] if q != p
-        ]
+        e_k = build_e_k(
+            p,
+            others=[tp for tn, tp in targets if tn != name],
+            earlier=earlier,
+            preserve=preserve,
+            default_preserve=default_preserve,
+        )
         data_passes, cached = 0, False
         latents = None
         if method != "uce":
