@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -197,6 +198,23 @@ def test_training_is_deterministic_for_a_seed(pipe, latents) -> None:
     assert any(not torch.equal(a.coefs[n], c.coefs[n]) for n in a.layer_names())
 
 
+def test_also_stop_at_keeps_what_a_run_with_that_tau_returns(pipe, latents) -> None:
+    early = dataclasses.replace(FAST, tau=1e9, min_steps=2, max_steps=20)  # stops at n = 3
+    alone = train_sepme(pipe, "a cat", ["a dog"], latents, early, "cpu")
+    long = dataclasses.replace(early, tau=-1e9, max_steps=8)  # runs to the cap
+    both = train_sepme(pipe, "a cat", ["a dog"], latents, long, "cpu", also_stop_at=[1e9, -1e8])
+    assert both.stop_reason == "cap" and both.iterations == 8
+    assert set(both.snapshots) == {1e9}  # -1e8 was never crossed
+    snap = both.snapshots[1e9]
+    assert snap.iterations == alone.iterations == 4 and snap.final_lcor == alone.final_lcor
+    assert snap.final_m == alone.final_m
+    assert snap.increment.meta["sepme.iterations"] == "4"
+    assert json.loads(snap.increment.meta["sepme.config"])["tau"] == 1e9
+    for n in alone.increment.layer_names():
+        assert torch.equal(snap.increment.coefs[n], alone.increment.coefs[n])
+        assert not torch.equal(both.increment.coefs[n], alone.increment.coefs[n])
+
+
 def test_training_errors(pipe, latents) -> None:
     with pytest.raises(InvalidInput, match="own preserve set"):
         train_sepme(pipe, "a cat", ["a cat"], latents, FAST, "cpu")
@@ -223,3 +241,22 @@ def test_generate_training_latents_counts_passes_and_is_seeded() -> None:
     lat2, _ = generate_training_latents(pipe, "a cat", 2, 2, 7.5, 4, "cpu", batch_size=1)
     assert torch.allclose(lat2, lat[:2], atol=1e-4, rtol=1e-4)  # image i: seed + i only
     assert not torch.allclose(lat[0], lat[1])
+
+
+def test_build_e_k_sorted_unique_and_drops_defaults_the_concept_mentions() -> None:
+    from sepme_engine.erase.run import build_e_k
+
+    defaults = ["circle", "red", "square", "stripes"]
+    e = build_e_k("circle", others=["square"], earlier=["Monet"], default_preserve=defaults)
+    assert e == ["Monet", "red", "square", "stripes"]  # sorted, unique, no "circle"
+    # the order things are named in does not change E_k (so neither does the increment)
+    assert (
+        build_e_k("circle", others=["square"], earlier=["Monet"], default_preserve=defaults[::-1])
+        == e
+    )
+    # a default that shares whole words with the concept is dropped; substrings are not words
+    assert build_e_k("a Red circle", default_preserve=defaults) == ["square", "stripes"]
+    assert build_e_k("reddish", default_preserve=["red"]) == ["red"]
+    assert build_e_k("cat", default_preserve=["a cat", "a catalogue"]) == ["a catalogue"]
+    # the user's own --preserve prompts are kept as given (except the concept's exact prompt)
+    assert build_e_k("a red circle", preserve=["red", "a red circle", " "]) == ["red"]

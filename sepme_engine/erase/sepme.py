@@ -22,6 +22,7 @@ seeded with `config.seed`, so a run is reproducible and draws the same t/noise o
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -105,6 +106,19 @@ class SepMEResult:
     wall_s: float
     m_k: int  # null-space dimension (rows of the basis)
     concept_null_fraction: float  # ‖e(c)·Sᵀ‖_F / ‖e(c)‖_F: how much of the concept S can reach
+    # for each of `train_sepme(also_stop_at=...)`'s thresholds that was crossed before the run
+    # ended: the result a run with that τ would have returned (the same trajectory, cut earlier)
+    snapshots: dict[float, SepMESnapshot] = field(default_factory=dict, repr=False)
+
+
+@dataclass(frozen=True)
+class SepMESnapshot:
+    tau: float
+    increment: Increment
+    iterations: int
+    final_lcor: float
+    final_m: float
+    wall_s: float
 
 
 class EarlyStopper:
@@ -162,6 +176,7 @@ def train_sepme(
     device: str | torch.device,
     progress: Callable[[StepInfo], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    also_stop_at: Sequence[float] = (),
 ) -> SepMEResult:
     """Erase `prompt` from `pipe`'s UNet; return the increment (the pipe is left unchanged).
 
@@ -169,6 +184,10 @@ def train_sepme(
     always added). `latents` `[N, 4, h, w]`: training x_0 from `data.generate_training_latents`.
     `pipe` must already be on `device` in `config.dtype`. `should_stop()` returning True ends
     training at the current iteration with stop_reason "interrupted" (increment kept as is).
+    `also_stop_at`: other thresholds τ' to watch on the same run; where m_n first falls below one
+    (after min_steps), `snapshots[τ']` keeps the increment a run with τ = τ' would have returned
+    (the run is deterministic, so it is the same trajectory): a lower τ and the default one cost
+    one run instead of two.
     Raises InvalidInput, NullSpaceEmpty, TrainingDiverged.
     """
     start = time.perf_counter()
@@ -223,6 +242,10 @@ def train_sepme(
     e_frozen = torch.cat([e_c, e_u])
 
     history: list[float] = []
+    watchers = {
+        float(tau): EarlyStopper(config.alpha, float(tau), config.min_steps) for tau in also_stop_at
+    }
+    snaps: dict[float, tuple[int, dict[str, torch.Tensor], float, float, float]] = {}
     grad_flags = {n: p.requires_grad for n, p in unet.named_parameters()}
     was_training = unet.training
     unet.requires_grad_(False)
@@ -264,6 +287,15 @@ def train_sepme(
                 )
             history.append(lcor_v)
             stop = stopper.update(lcor_v)
+            for tau, watcher in watchers.items():
+                if tau not in snaps and watcher.update(lcor_v):
+                    snaps[tau] = (
+                        len(history),
+                        {name: c.detach().cpu().clone() for name, c in coefs.items()},
+                        lcor_v,
+                        watcher.momentum,
+                        time.perf_counter() - start,
+                    )
             interrupted = should_stop is not None and should_stop()
             if progress is not None:
                 progress(
@@ -289,19 +321,36 @@ def train_sepme(
             p.requires_grad_(grad_flags[name])
         unet.train(was_training)
 
+    def meta(iterations: int, reason: str, lcor: float, cfg: SepMEConfig) -> dict[str, str]:
+        return {
+            "sepme.method": "sepme",
+            "sepme.prompt": prompt,
+            "sepme.preserve": json.dumps(preserve),
+            "sepme.config": cfg.to_json(),
+            "sepme.m": str(m_k),
+            "sepme.iterations": str(iterations),
+            "sepme.stop_reason": reason,
+            "sepme.final_lcor": repr(lcor),
+        }
+
     # exactly the coefficients whose forward produced the stopping L_cor
     final_coefs = {name: c.detach().cpu() for name, c in coefs.items()}
-    meta = {
-        "sepme.method": "sepme",
-        "sepme.prompt": prompt,
-        "sepme.preserve": json.dumps(preserve),
-        "sepme.config": config.to_json(),
-        "sepme.m": str(m_k),
-        "sepme.iterations": str(len(history)),
-        "sepme.stop_reason": reason,
-        "sepme.final_lcor": repr(history[-1]),
+    increment = Increment.factored(
+        basis, final_coefs, meta(len(history), reason, history[-1], config)
+    )
+    snapshots = {
+        tau: SepMESnapshot(
+            tau,
+            Increment.factored(
+                basis, c, meta(its, "threshold", lc, dataclasses.replace(config, tau=tau))
+            ),
+            its,
+            lc,
+            m,
+            wall,
+        )
+        for tau, (its, c, lc, m, wall) in snaps.items()
     }
-    increment = Increment.factored(basis, final_coefs, meta)
     return SepMEResult(
         increment=increment,
         iterations=len(history),
@@ -313,4 +362,5 @@ def train_sepme(
         wall_s=time.perf_counter() - start,
         m_k=m_k,
         concept_null_fraction=null_fraction,
+        snapshots=snapshots,
     )
