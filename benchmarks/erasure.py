@@ -7,13 +7,17 @@ Everything is seeded. Sections:
 
 * base: the toy base's per-concept accuracy on the evaluation prompts and its chance rates
   (each concept's rate in samples of the blank prompt);
-* single (the erase issue's bar): circle, red and stripes erased alone with the default settings,
-  and with a lower τ;
 * scenes 1–4: erase a set at t0, restore one at t1 (scene 4: six concepts at once), for every
-  method; SepME increments are trained per scene in the all-known scenario (E_k holds the
-  scene's other concepts), the baselines per concept and merged by adding their ΔW;
+  method; SepME increments are trained per scene in the all-known scenario, their E_k built as
+  `sepme erase` builds it (the scene's other concepts + the toy profile's default preserve
+  prompts, i.e. the other toy concepts — so a concept's E_k is the same in every scene and its
+  increment, trained deterministically, is trained once and reused); the baselines per concept
+  and merged by adding their ΔW (UCE preserves the same E_k);
 * cost: UNet passes, iterations and wall time per concept, and the passes needed to bring the
   bare prompt's lift to ≤ 0 (ESD-x with doubling iteration caps).
+
+The erase issue's single-concept bar (circle, red, stripes erased alone, with more samples) is
+`benchmarks/erase_bar.py`.
 
 Accuracy of concept c: the fraction of samples the judge labels c (on c's axis). Lift: accuracy
 minus the base's chance rate for c. Regular concepts are judged on full prompts that name none
@@ -38,6 +42,7 @@ import torch
 from sepme_engine.config import ERASE_DEFAULTS
 from sepme_engine.erase.data import generate_training_latents
 from sepme_engine.erase.hooks import apply_deltas_inplace, sum_deltas
+from sepme_engine.erase.run import build_e_k
 from sepme_engine.generate import sample_images
 from sepme_engine.toy import (
     COLOURS,
@@ -59,7 +64,6 @@ SCENES: list[tuple[str, list[str], str | None]] = [
     ("3: one per axis", ["cross", "yellow", "checks"], "checks"),
     ("4: capacity", ["red", "green", "blue", "circle", "triangle", "checks"], None),
 ]
-SINGLE = ("circle", "red", "stripes")
 
 
 @dataclass
@@ -67,7 +71,6 @@ class Knobs:
     n: int  # samples per prompt
     n_blank: int
     full_prompts: list[str]
-    single_prompts: list[str] = field(default_factory=list)  # full prompts for the single section
     seed: int = 0
     esd_caps: tuple[int, ...] = (50, 100, 200, 400)
     esd_lr: float = 1e-3
@@ -102,10 +105,20 @@ class Evaluator:
         self.pipe, self.k = pipe, knobs
         self.bare = list(SHAPES + COLOURS + STYLES)
         self.passes = 0
+        self.base_cache: dict[tuple[str, int], np.ndarray] = {}
 
     def images(self, prompts: list[str], n: int) -> np.ndarray:
         self.passes += len(prompts) * n * TOY_STEPS * 2
         return sample_images(self.pipe, prompts, self.k.seed, n, TOY_STEPS, TOY_GUIDANCE)
+
+    def base_images(self, prompts: list[str], n: int) -> np.ndarray:
+        """The base's images, each prompt sampled once per run (same seeds as `images`)."""
+        missing = [p for p in dict.fromkeys(prompts) if (p, n) not in self.base_cache]
+        if missing:
+            imgs = self.images(missing, n)
+            for i, p in enumerate(missing):
+                self.base_cache[(p, n)] = imgs[i * n : (i + 1) * n]
+        return np.concatenate([self.base_cache[(p, n)] for p in prompts])
 
     def run(
         self,
@@ -117,11 +130,12 @@ class Evaluator:
         (default: all 13 concepts)."""
         bare_list = list(self.bare if bare is None else bare)
         full_list = list(self.k.full_prompts if full is None else full)
+        sample = self.images if deltas else self.base_images
 
         def go() -> dict[str, Any]:
             return {
-                "bare": self.images(bare_list, self.k.n) if bare_list else np.zeros((0, 1, 1, 3)),
-                "full": self.images(full_list, self.k.n),
+                "bare": sample(bare_list, self.k.n) if bare_list else np.zeros((0, 1, 1, 3)),
+                "full": sample(full_list, self.k.n),
             }
 
         if deltas:
@@ -167,6 +181,7 @@ class Trainer:
         self.settings = dict(ERASE_DEFAULTS["toy"])
         self.latents: dict[str, tuple[torch.Tensor, int]] = {}
         self.log: list[dict[str, Any]] = []
+        self.trained: dict[tuple[str, tuple[str, ...], float], tuple[Any, dict[str, Any]]] = {}
 
     def data(self, concept: str) -> tuple[torch.Tensor, int, bool]:
         if concept in self.latents:
@@ -185,22 +200,84 @@ class Trainer:
         self.latents[concept] = (lat, passes)
         return lat, passes, False
 
-    def sepme(self, concept: str, preserve: list[str], tau: float | None = None) -> Any:
-        from sepme_engine.erase.sepme import SepMEConfig, train_sepme
+    def e_k(self, concept: str, others: list[str]) -> list[str]:
+        """E_k as `sepme erase` builds it on the toy base (its default preserve prompts included)."""
+        return build_e_k(concept, others=others, default_preserve=self.settings["preserve"])
+
+    def config(self, tau: float | None = None, max_steps: int | None = None) -> Any:
+        from sepme_engine.erase.sepme import SepMEConfig
 
         s = self.settings
-        cfg = SepMEConfig(
+        return SepMEConfig(
             alpha=float(s["alpha"]),
             beta=float(s["beta"]),
             lam=float(s["lam"]),
             tau=float(s["tau"] if tau is None else tau),
             lr=float(s["lr"]),
-            max_steps=int(self.k.sepme_steps or s["steps"]),
+            max_steps=int(max_steps or self.k.sepme_steps or s["steps"]),
             batch_size=int(s["batch_size"]),
             seed=int(s["seed"]),
         )
+
+    def sepme(
+        self, concept: str, others: list[str], tau: float | None = None
+    ) -> tuple[Any, dict[str, Any]]:
+        """(increment, its training record). Training is deterministic, so an increment whose
+        concept, E_k and τ were trained before is reused (the record says where it comes from)."""
+        from sepme_engine.erase.sepme import train_sepme
+
+        cfg = self.config(tau)
+        e_k = self.e_k(concept, others)
+        key = (concept, tuple(e_k), cfg.tau)
+        if key not in self.trained:
+            lat, data_passes, _ = self.data(concept)
+            r = train_sepme(self.pipe, concept, e_k, lat, cfg, "cpu")
+            self._sepme_record(concept, e_k, cfg.tau, r, data_passes)
+            self.trained[key] = (r.increment, self.log[-1])
+        return self.trained[key]
+
+    def sepme_with_lower_tau(
+        self, concept: str, others: list[str] | None = None
+    ) -> tuple[tuple[Any, dict[str, Any]], tuple[Any, dict[str, Any]]]:
+        """(default τ, lower τ) increments and records from one run: τ_low = τ − ½·|mean L_cor of
+        the first 10 iterations| (a 10-iteration probe, the same iterations the run starts
+        with); the run to τ_low snapshots where the default τ stops (`also_stop_at`)."""
+        from sepme_engine.erase.sepme import train_sepme
+
+        others = others or []
+        e_k = self.e_k(concept, others)
         lat, data_passes, _ = self.data(concept)
-        r = train_sepme(self.pipe, concept, preserve, lat, cfg, "cpu")
+        probe = train_sepme(self.pipe, concept, e_k, lat, self.config(max_steps=10), "cpu")
+        tau = float(self.settings["tau"])
+        tau_low = tau - 0.5 * abs(float(np.mean(probe.lcor_history[:10])))
+        r = train_sepme(
+            self.pipe, concept, e_k, lat, self.config(tau_low), "cpu", also_stop_at=[tau]
+        )
+        snap = r.snapshots.get(tau)
+        if snap is None:  # both ran to the cap: the default run is the whole run
+            default = (r.increment, r.iterations, r.final_lcor, r.wall_s, r.stop_reason)
+        else:
+            default = (snap.increment, snap.iterations, snap.final_lcor, snap.wall_s, "threshold")
+        inc, its, lcor, wall, stop = default
+        bsz = int(self.settings["batch_size"])
+        self._record(
+            "sepme",
+            concept,
+            its,
+            3 * bsz * its,
+            data_passes,
+            wall,
+            stop,
+            extra={"m_k": r.m_k, "e_k": len(e_k) + 1, "final_lcor": lcor, "tau": tau},
+        )
+        self.trained[(concept, tuple(e_k), tau)] = (inc, self.log[-1])
+        self._sepme_record(concept, e_k, tau_low, r, data_passes)
+        self.log[-1]["probe_iterations"] = probe.iterations
+        return (inc, self.log[-2]), (r.increment, self.log[-1])
+
+    def _sepme_record(
+        self, concept: str, e_k: list[str], tau: float, r: Any, data_passes: int
+    ) -> None:
         self._record(
             "sepme",
             concept,
@@ -211,13 +288,12 @@ class Trainer:
             r.stop_reason,
             extra={
                 "m_k": r.m_k,
+                "e_k": len(e_k) + 1,
                 "final_lcor": r.final_lcor,
-                "lcor0": r.lcor_history[0],
                 "lcor_start": float(np.mean(r.lcor_history[:10])),
-                "tau": cfg.tau,
+                "tau": tau,
             },
         )
-        return r.increment
 
     def baseline(self, method: str, concept: str, steps: int | None = None) -> Any:
         lat, data_passes, _ = self.data(concept)
@@ -244,7 +320,7 @@ class Trainer:
         else:
             from sepme_engine.erase.uce import UceConfig, train_uce
 
-            r = train_uce(self.pipe, concept, [], UceConfig(), "cpu")
+            r = train_uce(self.pipe, concept, self.e_k(concept, []), UceConfig(), "cpu")
             data_passes = 0
         self._record(
             method,
@@ -369,7 +445,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--scenes", default="1,2,3,4")
-    ap.add_argument("--no-single", action="store_true")
     ap.add_argument("--n", type=int, help="samples per prompt (default 8, quick 4)")
     ap.add_argument(
         "--full-size", type=int, default=12, choices=(6, 12, 24), help="full prompts in the set"
@@ -403,7 +478,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         knobs.full_prompts = knobs.full_prompts[: args.n_full]
     if args.n_blank:
         knobs.n_blank = args.n_blank
-    knobs.single_prompts = knobs.full_prompts if quick else eval_prompts(24)
     if args.max_steps:
         knobs.esd_caps = tuple(min(c, args.max_steps) for c in knobs.esd_caps[:2])
         knobs.fmn_steps = min(knobs.fmn_steps, args.max_steps)
@@ -437,7 +511,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "sepme_steps_cap": knobs.sepme_steps,
             "esd": {"lr": knobs.esd_lr, "caps": list(knobs.esd_caps)},
             "fmn": {"steps": knobs.fmn_steps, "lr": knobs.fmn_lr},
-            "uce": "defaults (ridge 0.1, preserve '')",
+            "uce": "defaults (ridge 0.1; preserved: E_k as `sepme erase` builds it)",
         },
         "base": base_summary,
     }
@@ -458,29 +532,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     save(False)
 
-    # -- single-concept erasure (the erase issue's bar) ------------------------------------
-    if not args.no_single and "sepme" in methods:
-        single: dict[str, Any] = {}
-        sp = knobs.single_prompts
-        log(f"single: base on {len(sp)} full prompts")
-        base_single = {**evaluator.run(bare=[], full=sp), "bare": base["bare"]}
-        result["settings"]["single_full_prompts"] = sp
-        for c in SINGLE:
-            log(f"single: sepme {c}")
-            inc = trainer.sepme(c, [])
-            rec = trainer.log[-1]
-            ev = evaluator.run(sum_deltas([inc]), bare=[c], full=sp)
-            s = summarize(ev, base_single, chance, [c], [])
-            low_tau = -0.5 * abs(rec["lcor_start"])
-            log(f"single: sepme {c} tau={low_tau:.3g}")
-            inc_low = trainer.sepme(c, [], tau=low_tau)
-            rec_low = trainer.log[-1]
-            ev_low = evaluator.run(sum_deltas([inc_low]), bare=[c], full=sp)
-            s_low = summarize(ev_low, base_single, chance, [c], [])
-            single[c] = {"default": {"cost": rec, **s}, "low_tau": {"cost": rec_low, **s_low}}
-            result["single"] = single
-            save(False)
-
     # -- scenes ---------------------------------------------------------------------------------
     baseline_incs: dict[tuple[str, str], Any] = {}
     result["scenes"] = {}
@@ -491,7 +542,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             incs: dict[str, Any] = {}
             for c in concepts:
                 if method == "sepme":
-                    incs[c] = trainer.sepme(c, [o for o in concepts if o != c])
+                    incs[c] = trainer.sepme(c, [o for o in concepts if o != c])[0]
                 else:
                     if (method, c) not in baseline_incs:
                         baseline_incs[(method, c)] = trainer.baseline(method, c)
@@ -521,15 +572,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "bare_lift": ev["bare"][target] - chance[target],
             }
         elif method == "sepme":
-            recs = [r for r in trainer.log if r["method"] == "sepme" and r["concept"] == target]
-            s = result.get("single", {}).get(target, {}).get("default")
-            if s is None:
-                trainer.sepme(target, [])
-                recs = [trainer.log[-1]]
-            lift = s["concepts"][target]["bare_lift"] if s else None
+            inc, rec = trainer.sepme(target, [])  # trained in scenes 1 and 4 when they ran
+            ev = evaluator.run(sum_deltas([inc]), bare=[target])
+            lift = ev["bare"][target] - chance[target]
             cost[method] = {
-                "reached": lift is not None and lift <= 0,
-                "unet_passes": recs[0]["unet_passes_total"],
+                "reached": lift <= 0,
+                "unet_passes": rec["unet_passes_total"],
                 "bare_lift": lift,
             }
         else:
@@ -595,28 +643,6 @@ def render_md(r: dict[str, Any]) -> str:
     ]
     for c, v in r["base"].items():
         out.append(f"| {c} | {_pct(v['bare'])} | {_pct(v['full'])} | {_pct(v['chance'])} |")
-    if "single" in r:
-        out += [
-            "",
-            "## One concept erased alone (SepME, default settings, then τ = −½ × mean L_cor of the first 10 iterations)",
-            "",
-            f"Full-prompt figures here use {len(s.get('single_full_prompts', s['full_prompts']))} full prompts "
-            f"× {s['n_per_prompt']} samples (every colour × shape once); 'others' are the other 12 concepts "
-            "on the full prompts that do not name the erased one, compared with the base's images for the same seeds.",
-            "",
-            "| concept | τ | bare % | bare lift | full % (naming it) | full lift | others: worst Δ vs base | others: mean Δ | others below base − 3 | iterations | UNet passes (data + train) | wall s |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        for c, d in r["single"].items():
-            for key in ("default", "low_tau"):
-                e = d[key]
-                row = e["concepts"][c]
-                cst = e["cost"]
-                out.append(
-                    f"| {c} | {cst['tau']:.3g} | {_pct(row['bare'])} | {_pts(row['bare_lift'])} | {_pct(row['full'])} | {_pts(row['full_lift'])} | "
-                    f"{_pts(e['regular_worst_delta_full'])} | {_pts(e['regular_mean_delta_full'])} | {_below(e, -0.03)} | {cst['iterations']} | "
-                    f"{cst['unet_passes_data']} + {cst['unet_passes_training']} | {cst['wall_s']:.0f} |"
-                )
     for title, scene in r.get("scenes", {}).items():
         out += [
             "",

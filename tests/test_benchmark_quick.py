@@ -1,4 +1,4 @@
-"""The erasure benchmark's --quick path, shrunk further so it fits the default test run."""
+"""The benchmarks' --quick paths, shrunk further so they fit the default test run."""
 
 from __future__ import annotations
 
@@ -29,13 +29,30 @@ def test_erasure_benchmark_quick_path(tmp_path: Path) -> None:
         for r in data["training_log"]
         if r["method"] == "sepme"
     )
-    # the erase issue's single-concept section: default and lower τ for each concept
-    assert set(data["single"]) == {"circle", "red", "stripes"}
-    for c, entry in data["single"].items():
-        assert entry["default"]["concepts"][c]["group"] == "forgotten"
-        assert entry["low_tau"]["cost"]["tau"] < 0 <= entry["default"]["cost"]["tau"]
-        assert data["settings"]["single_full_prompts"] == data["settings"]["full_prompts"]
     md = (tmp_path / "erasure_quick.md").read_text()
     assert "## Scene 1: shapes" in md and "| sepme | t1 |" in md
-    assert "## One concept erased alone" in md
     assert result["wall_s"] > 0
+
+
+def test_erase_bar_quick_path(tmp_path: Path) -> None:
+    from benchmarks.erase_bar import main
+
+    argv = ["--quick", "--n", "1", "--n-full", "3", "--n-blank", "4", "--max-steps", "14"]
+    argv += ["--concepts", "circle,red", "--out", str(tmp_path)]
+    main(argv)
+    data = json.loads((tmp_path / "erase_bar_quick.json").read_text())
+    assert set(data["rows"]) == {"circle", "red"}
+    for c, entry in data["rows"].items():
+        default, low = entry["default"], entry["low_tau"]
+        assert default["concepts"][c]["group"] == "forgotten"
+        assert low["cost"]["tau"] < default["cost"]["tau"] == data["settings"]["sepme"]["tau"]
+        # the default increment is the lower-τ run cut where τ = 0 stops: never later than it
+        assert default["cost"]["iterations"] <= low["cost"]["iterations"] <= 14
+        assert default["cost"]["e_k"] == 13  # blank + the other 12 toy concepts
+        assert set(data["verdict"][c]) == {
+            "bare_lift_le_0",
+            "full_lift_le_10",
+            "others_ge_base_minus_3",
+        }
+    md = (tmp_path / "erase_bar_quick.md").read_text()
+    assert "| circle | -0.001 |" in md and "others ≥ base − 3" in md
