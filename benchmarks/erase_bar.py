@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -43,6 +42,7 @@ from benchmarks.erasure import (
     _pct,
     _pts,
     eval_prompts,
+    run_settings,
     summarize,
 )
 from sepme_engine.erase.hooks import sum_deltas
@@ -91,12 +91,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rows: dict[str, Any] = {}
     result: dict[str, Any] = {
         "settings": {
-            "quick": quick,
-            "argv": " ".join(argv if argv is not None else sys.argv[1:]),
-            "seed": args.seed,
-            "n_per_prompt": knobs.n,
-            "n_blank": knobs.n_blank,
-            "full_prompts": prompts,
+            **run_settings(knobs, argv),
             "sampling": f"DDIM {TOY_STEPS} steps, guidance {TOY_GUIDANCE}",
             "sepme": dict(trainer.settings),
             "sepme_steps_cap": knobs.sepme_steps,

@@ -223,7 +223,7 @@ class Trainer:
         self, concept: str, others: list[str], tau: float | None = None
     ) -> tuple[Any, dict[str, Any]]:
         """(increment, its training record). Training is deterministic, so an increment whose
-        concept, E_k and τ were trained before is reused (the record says where it comes from)."""
+        concept, E_k and τ were trained before is reused, with its record (logged once)."""
         from sepme_engine.erase.sepme import train_sepme
 
         cfg = self.config(tau)
@@ -357,6 +357,18 @@ class Trainer:
                 **(extra or {}),
             }
         )
+
+
+def run_settings(knobs: Knobs, argv: list[str] | None) -> dict[str, Any]:
+    """The settings every benchmark result records about its evaluation."""
+    return {
+        "quick": knobs.quick,
+        "argv": " ".join(argv if argv is not None else sys.argv[1:]),
+        "seed": knobs.seed,
+        "n_per_prompt": knobs.n,
+        "n_blank": knobs.n_blank,
+        "full_prompts": knobs.full_prompts,
+    }
 
 
 def _pct(v: float | None) -> str:
@@ -498,12 +510,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     result: dict[str, Any] = {
         "settings": {
-            "quick": quick,
-            "argv": " ".join(argv if argv is not None else sys.argv[1:]),
-            "seed": args.seed,
-            "n_per_prompt": knobs.n,
-            "n_blank": knobs.n_blank,
-            "full_prompts": knobs.full_prompts,
+            **run_settings(knobs, argv),
             "sampler": type(pipe.scheduler).__name__,
             "steps": TOY_STEPS,
             "guidance": TOY_GUIDANCE,
@@ -635,6 +642,12 @@ def render_md(r: dict[str, Any]) -> str:
         "between the t1 composition's and the base's images of its bare prompt (which is in every "
         "remaining SepME increment's E_k: decoupled by construction) and of the full prompts naming it "
         "(not in any E_k: these may change).",
+        "",
+        "SepME's E_k is built as `sepme erase` builds it on the toy base: the blank prompt, the "
+        "scene's other concepts and the toy profile's default preserve prompts (all other toy "
+        "concepts), so a concept has the same E_k in every scene; training is deterministic, so "
+        "each such increment is trained once and reused (the training log lists it once). UCE "
+        "preserves the same prompts.",
         "",
         "## Base",
         "",
