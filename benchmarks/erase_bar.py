@@ -61,7 +61,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--concepts", default=",".join(CONCEPTS))
     ap.add_argument("--n", type=int, help="samples per prompt (default 12, quick 2)")
     ap.add_argument("--n-blank", type=int, help="blank-prompt samples for chance (default 128)")
-    ap.add_argument("--n-full", type=int, help="use only the first N of the 24 full prompts")
+    ap.add_argument(
+        "--prompts",
+        type=int,
+        default=24,
+        choices=(24, 72),
+        help="full prompts: 24 (every colour × shape once) or 72 (× every style)",
+    )
+    ap.add_argument("--n-full", type=int, help="use only the first N of the full prompts")
+    ap.add_argument("--no-low-tau", action="store_true", help="only the default settings")
+    ap.add_argument("--stem", help="results file name (default erase_bar, erase_bar_quick)")
     ap.add_argument("--max-steps", type=int, help="iteration cap (smoke tests)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=RESULTS)
@@ -69,7 +78,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.manual_seed(args.seed)
     t_start = time.perf_counter()
     quick = args.quick
-    prompts = eval_prompts(6 if quick else 24)[: args.n_full]
+    prompts = eval_prompts(6 if quick else args.prompts)[: args.n_full]
     knobs = Knobs(
         n=args.n or (2 if quick else 12),
         n_blank=args.n_blank or (16 if quick else 128),
@@ -100,9 +109,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "rows": rows,
     }
     for c in concepts:
-        log(f"{c}: probe, then one run to the lower τ")
-        (inc, rec), (inc_low, rec_low) = trainer.sepme_with_lower_tau(c)
-        for key, increment, record in (("default", inc, rec), ("low_tau", inc_low, rec_low)):
+        if args.no_low_tau:
+            log(f"{c}: train")
+            runs = [("default", *trainer.sepme(c, []))]
+        else:
+            log(f"{c}: probe, then one run to the lower τ")
+            (inc, rec), (inc_low, rec_low) = trainer.sepme_with_lower_tau(c)
+            runs = [("default", inc, rec), ("low_tau", inc_low, rec_low)]
+        for key, increment, record in runs:
             log(f"{c}: judge {key} (τ = {record['tau']:.3g}, {record['iterations']} iterations)")
             ev = evaluator.run(sum_deltas([increment]), bare=[c])
             s = summarize(ev, base, chance, [c], [])
@@ -111,7 +125,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result["eval_unet_passes"] = evaluator.passes
     result["wall_s"] = round(time.perf_counter() - t_start, 1)
     result["verdict"] = verdicts(rows)
-    stem = "erase_bar_quick" if quick else "erase_bar"
+    stem = args.stem or ("erase_bar_quick" if quick else "erase_bar")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{stem}.json").write_text(
         json.dumps(result, indent=2, default=float) + "\n", encoding="utf-8"
@@ -147,8 +161,13 @@ def render_md(r: dict[str, Any]) -> str:
         f"(2 cores). SepME with the toy profile's defaults (β {s['sepme']['beta']}, lr "
         f"{s['sepme']['lr']}, batch {s['sepme']['batch_size']}, τ {s['sepme']['tau']}, "
         f"{s['sepme']['images']} training images; E_k = the blank prompt + the default preserve "
-        f"prompts, i.e. the other toy concepts), then a lower τ = the default − ½ × mean L_cor of "
-        f"the first 10 iterations. {len(s['full_prompts'])} full prompts × {s['n_per_prompt']} samples, "
+        f"prompts, i.e. the other toy concepts)"
+        + (
+            ", then a lower τ = the default − ½ × mean L_cor of the first 10 iterations"
+            if any("low_tau" in d for d in r["rows"].values())
+            else ""
+        )
+        + f". {len(s['full_prompts'])} full prompts × {s['n_per_prompt']} samples, "
         f"{s['n_blank']} blank-prompt samples for chance, {s['sampling']}, seed {s['seed']}. "
         "Accuracy in percent, lift and Δ in points; lift = accuracy − chance; 'others' are the "
         "other 12 concepts on the full prompts that do not name the erased one, against the "
@@ -160,7 +179,7 @@ def render_md(r: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c, d in r["rows"].items():
-        for key in ("default", "low_tau"):
+        for key in [k for k in ("default", "low_tau") if k in d]:
             e = d[key]
             row = e["concepts"][c]
             cost = e["cost"]

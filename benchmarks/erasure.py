@@ -83,7 +83,10 @@ class Knobs:
 
 def eval_prompts(size: int) -> list[str]:
     """Balanced full prompts: 24 = every colour × shape once with the style rotating; 12 = half of
-    those (each colour twice, each shape three times, each style four times); 6 = 12's first half."""
+    those (each colour twice, each shape three times, each style four times); 6 = 12's first half;
+    72 = every colour × shape × style."""
+    if size == 72:
+        return [full_caption(c, sh, st) for c in COLOURS for sh in SHAPES for st in STYLES]
     out = []
     for i, colour in enumerate(COLOURS):
         for j, shape in enumerate(SHAPES):
