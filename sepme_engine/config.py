@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from sepme_engine.errors import ConfigError
-from sepme_engine.toy.world import CONCEPTS
+from sepme_engine.toy.vocab import CONCEPTS
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sepme_engine.toy.world import AXES, COLOURS, CONCEPTS, SHAPES, STYLES
+from sepme_engine.toy.vocab import AXES, COLOURS, CONCEPTS, SHAPES, STYLES
 
 # default sampling settings of the shipped base
 TOY_SAMPLER = "ddim"  # the scheduler saved with the pipeline (DDIM, trailing timesteps)

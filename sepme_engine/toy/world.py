@@ -21,12 +21,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sepme_engine.toy.vocab import AXES, COLOURS, CONCEPTS, SHAPES, STYLES
+
 SIZE = 32
-SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "cross")
-COLOURS: tuple[str, ...] = ("red", "green", "blue", "yellow", "magenta", "cyan")
-STYLES: tuple[str, ...] = ("plain", "stripes", "checks")
-CONCEPTS: tuple[str, ...] = SHAPES + COLOURS + STYLES
-AXES: dict[str, tuple[str, ...]] = {"colour": COLOURS, "shape": SHAPES, "style": STYLES}
 
 COLOUR_RGB: dict[str, tuple[float, float, float]] = {
     "red": (0.9, 0.1, 0.1),
