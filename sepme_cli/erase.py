@@ -14,7 +14,7 @@ app = typer.Typer()
 
 
 @contextmanager
-def _progress(tau: float | None) -> Any:
+def _progress() -> Any:
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -32,9 +32,12 @@ def _progress(tau: float | None) -> Any:
         console=err,
     ) as bar:
         tasks: dict[tuple[str, str], Any] = {}
+        taus: dict[str, float] = {}  # each concept's effective τ (defaults, config, option)
 
         def on_event(ev: Any) -> None:
-            if ev.kind == "images":
+            if ev.kind == "start":
+                taus[ev.concept] = float((ev.info or {}).get("tau", 0.0))
+            elif ev.kind == "images":
                 key = (ev.concept, "images")
                 if key not in tasks:
                     tasks[key] = bar.add_task(
@@ -48,7 +51,7 @@ def _progress(tau: float | None) -> Any:
                     tasks[key] = bar.add_task(f"{ev.concept}: erasing", total=ev.total, stats="")
                 rate = s.iteration / s.elapsed_s if s.elapsed_s > 0 else 0.0
                 if hasattr(s, "lcor"):
-                    stats = f"L_cor {s.lcor:+.3e}  m {s.momentum:+.3e} vs τ {tau if tau is not None else 0:+g}  {rate:.1f} it/s"
+                    stats = f"L_cor {s.lcor:+.3e}  m {s.momentum:+.3e} vs τ {taus.get(ev.concept, 0.0):+g}  {rate:.1f} it/s"
                 else:
                     stats = f"loss {s.loss:.3e}  {rate:.1f} it/s"
                 bar.update(tasks[key], completed=s.iteration, stats=stats)
@@ -121,7 +124,7 @@ def erase(
         "seed": seed,
         "images": images,
     }
-    with _progress(tau) as on_event:
+    with _progress() as on_event:
         report = run_erase(
             store,
             concepts,

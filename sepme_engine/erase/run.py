@@ -64,7 +64,8 @@ class EraseReport:
 
 @dataclass(frozen=True)
 class Event:
-    """Progress events for the CLI: kind is 'images', 'step', 'start' or 'done'."""
+    """Progress events for the CLI: kind is 'images', 'step', 'start' (info: {"tau": the
+    effective stopping threshold}) or 'done'."""
 
     kind: str
     concept: str
@@ -325,7 +326,7 @@ def erase(
     )
     outcomes: list[ConceptOutcome] = []
     for name, p in targets:
-        emit(Event("start", name, total=config.max_steps))
+        emit(Event("start", name, total=config.max_steps, info={"tau": config.tau}))
         t0 = time.perf_counter()
 
         def on_images(done: int, total: int, name: str = name) -> None:
