@@ -235,7 +235,7 @@ class Trainer:
         if key not in self.trained:
             lat, data_passes, _ = self.data(concept)
             r = train_sepme(self.pipe, concept, e_k, lat, cfg, "cpu")
-            self._sepme_record(concept, e_k, cfg.tau, r, data_passes)
+            self._sepme_record(concept, e_k, cfg.tau, r, r, data_passes)
             self.trained[key] = (r.increment, self.log[-1])
         return self.trained[key]
 
@@ -256,44 +256,30 @@ class Trainer:
         r = train_sepme(
             self.pipe, concept, e_k, lat, self.config(tau_low), "cpu", also_stop_at=[tau]
         )
-        snap = r.snapshots.get(tau)
-        if snap is None:  # both ran to the cap: the default run is the whole run
-            default = (r.increment, r.iterations, r.final_lcor, r.wall_s, r.stop_reason)
-        else:
-            default = (snap.increment, snap.iterations, snap.final_lcor, snap.wall_s, "threshold")
-        inc, its, lcor, wall, stop = default
-        bsz = int(self.settings["batch_size"])
-        self._record(
-            "sepme",
-            concept,
-            its,
-            3 * bsz * its,
-            data_passes,
-            wall,
-            stop,
-            extra={"m_k": r.m_k, "e_k": len(e_k) + 1, "final_lcor": lcor, "tau": tau},
-        )
-        self.trained[(concept, tuple(e_k), tau)] = (inc, self.log[-1])
-        self._sepme_record(concept, e_k, tau_low, r, data_passes)
+        default = r.snapshots.get(tau, r)  # absent: both ran to the cap, the whole run is it
+        self._sepme_record(concept, e_k, tau, default, r, data_passes)
+        self.trained[(concept, tuple(e_k), tau)] = (default.increment, self.log[-1])
+        self._sepme_record(concept, e_k, tau_low, r, r, data_passes)
         self.log[-1]["probe_iterations"] = probe.iterations
-        return (inc, self.log[-2]), (r.increment, self.log[-1])
+        return (default.increment, self.log[-2]), (r.increment, self.log[-1])
 
     def _sepme_record(
-        self, concept: str, e_k: list[str], tau: float, r: Any, data_passes: int
+        self, concept: str, e_k: list[str], tau: float, res: Any, run: Any, data_passes: int
     ) -> None:
+        """Log `res` (a SepMEResult, or a snapshot of the SepMEResult `run`)."""
         self._record(
             "sepme",
             concept,
-            r.iterations,
-            r.unet_passes_training,
+            res.iterations,
+            res.unet_passes_training,
             data_passes,
-            r.wall_s,
-            r.stop_reason,
+            res.wall_s,
+            res.stop_reason,
             extra={
-                "m_k": r.m_k,
+                "m_k": run.m_k,
                 "e_k": len(e_k) + 1,
-                "final_lcor": r.final_lcor,
-                "lcor_start": float(np.mean(r.lcor_history[:10])),
+                "final_lcor": res.final_lcor,
+                "lcor_start": float(np.mean(run.lcor_history[:10])),
                 "tau": tau,
             },
         )

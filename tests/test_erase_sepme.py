@@ -208,6 +208,9 @@ def test_also_stop_at_keeps_what_a_run_with_that_tau_returns(pipe, latents) -> N
     snap = both.snapshots[1e9]
     assert snap.iterations == alone.iterations == 4 and snap.final_lcor == alone.final_lcor
     assert snap.final_m == alone.final_m
+    assert (
+        snap.unet_passes_training == alone.unet_passes_training and snap.stop_reason == "threshold"
+    )
     assert snap.increment.meta["sepme.iterations"] == "4"
     assert json.loads(snap.increment.meta["sepme.config"])["tau"] == 1e9
     for n in alone.increment.layer_names():

@@ -113,12 +113,16 @@ class SepMEResult:
 
 @dataclass(frozen=True)
 class SepMESnapshot:
+    """What a run with threshold `tau` would have returned (fields as in SepMEResult)."""
+
     tau: float
     increment: Increment
     iterations: int
     final_lcor: float
     final_m: float
+    unet_passes_training: int
     wall_s: float
+    stop_reason: StopReason = "threshold"
 
 
 class EarlyStopper:
@@ -241,11 +245,23 @@ def train_sepme(
     e_u = emb_preserve[:1].to(device, udtype).expand(bsz, -1, -1)
     e_frozen = torch.cat([e_c, e_u])
 
+    def meta(iterations: int, reason: str, lcor: float, cfg: SepMEConfig) -> dict[str, str]:
+        return {
+            "sepme.method": "sepme",
+            "sepme.prompt": prompt,
+            "sepme.preserve": json.dumps(preserve),
+            "sepme.config": cfg.to_json(),
+            "sepme.m": str(m_k),
+            "sepme.iterations": str(iterations),
+            "sepme.stop_reason": reason,
+            "sepme.final_lcor": repr(lcor),
+        }
+
     history: list[float] = []
     watchers = {
         float(tau): EarlyStopper(config.alpha, float(tau), config.min_steps) for tau in also_stop_at
     }
-    snaps: dict[float, tuple[int, dict[str, torch.Tensor], float, float, float]] = {}
+    snapshots: dict[float, SepMESnapshot] = {}
     grad_flags = {n: p.requires_grad for n, p in unet.named_parameters()}
     was_training = unet.training
     unet.requires_grad_(False)
@@ -288,12 +304,20 @@ def train_sepme(
             history.append(lcor_v)
             stop = stopper.update(lcor_v)
             for tau, watcher in watchers.items():
-                if tau not in snaps and watcher.update(lcor_v):
-                    snaps[tau] = (
-                        len(history),
-                        {name: c.detach().cpu().clone() for name, c in coefs.items()},
+                if tau not in snapshots and watcher.update(lcor_v):
+                    n_its = len(history)
+                    snap_cfg = dataclasses.replace(config, tau=tau)
+                    snapshots[tau] = SepMESnapshot(
+                        tau,
+                        Increment.factored(
+                            basis,
+                            {name: c.detach().cpu().clone() for name, c in coefs.items()},
+                            meta(n_its, "threshold", lcor_v, snap_cfg),
+                        ),
+                        n_its,
                         lcor_v,
                         watcher.momentum,
+                        3 * bsz * n_its,
                         time.perf_counter() - start,
                     )
             interrupted = should_stop is not None and should_stop()
@@ -321,36 +345,11 @@ def train_sepme(
             p.requires_grad_(grad_flags[name])
         unet.train(was_training)
 
-    def meta(iterations: int, reason: str, lcor: float, cfg: SepMEConfig) -> dict[str, str]:
-        return {
-            "sepme.method": "sepme",
-            "sepme.prompt": prompt,
-            "sepme.preserve": json.dumps(preserve),
-            "sepme.config": cfg.to_json(),
-            "sepme.m": str(m_k),
-            "sepme.iterations": str(iterations),
-            "sepme.stop_reason": reason,
-            "sepme.final_lcor": repr(lcor),
-        }
-
     # exactly the coefficients whose forward produced the stopping L_cor
     final_coefs = {name: c.detach().cpu() for name, c in coefs.items()}
     increment = Increment.factored(
         basis, final_coefs, meta(len(history), reason, history[-1], config)
     )
-    snapshots = {
-        tau: SepMESnapshot(
-            tau,
-            Increment.factored(
-                basis, c, meta(its, "threshold", lc, dataclasses.replace(config, tau=tau))
-            ),
-            its,
-            lc,
-            m,
-            wall,
-        )
-        for tau, (its, c, lc, m, wall) in snaps.items()
-    }
     return SepMEResult(
         increment=increment,
         iterations=len(history),
