@@ -24,6 +24,14 @@ from sepme_engine.models.tokenizer import VOCAB_SIZE, clip_vocab_and_merges, wri
 
 SHIPPED_DIR = Path(__file__).parent / "shipped"
 CONFIGS_METADATA_KEY = "sepme.configs"
+# The base's settings profile, recorded in exports so a re-import keeps it: safetensors
+# metadata key for single files, a key of model_index.json for diffusers folders (diffusers
+# ignores keys that start with "_").
+PROFILE_METADATA_KEY = "sepme.profile"
+MODEL_INDEX_KEY = "_sepme"
+KNOWN_PROFILES = ("toy", "sd1", "sd2", "sd2-v")
+# config keys that hold where a model was loaded from (a local path): never exported
+LOCAL_PATH_KEYS = ("_name_or_path",)
 COMPONENT_FILES = {
     "model_index": "model_index.json",
     "unet": "unet/config.json",
@@ -96,6 +104,11 @@ def write_config_dir(configs: dict[str, Any], dest: Path) -> Path:
     return dest
 
 
+def without_local_paths(config: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a config dict without the keys that record a local source path."""
+    return {k: v for k, v in config.items() if k not in LOCAL_PATH_KEYS}
+
+
 def set_prediction_type(configs: dict[str, Any], prediction_type: str) -> dict[str, Any]:
     """A copy of `configs` whose scheduler uses `prediction_type`."""
     out = copy.deepcopy(configs)
@@ -115,9 +128,9 @@ def pipeline_configs(pipe: Any) -> dict[str, Any]:
     import tempfile
 
     def diff_cfg(obj: Any) -> dict[str, Any]:
-        return dict(json.loads(obj.to_json_string()))
+        return without_local_paths(dict(json.loads(obj.to_json_string())))
 
-    text_cfg = json.loads(pipe.text_encoder.config.to_json_string())
+    text_cfg = without_local_paths(json.loads(pipe.text_encoder.config.to_json_string()))
     text_cfg.setdefault("architectures", [type(pipe.text_encoder).__name__])
     model_index = {
         "_class_name": "StableDiffusionPipeline",
@@ -158,10 +171,14 @@ def pipeline_configs(pipe: Any) -> dict[str, Any]:
 
 __all__ = [
     "CONFIGS_METADATA_KEY",
+    "KNOWN_PROFILES",
+    "MODEL_INDEX_KEY",
+    "PROFILE_METADATA_KEY",
     "SHIPPED_NAMES",
     "pipeline_configs",
     "set_prediction_type",
     "shipped_configs",
     "validate_configs",
+    "without_local_paths",
     "write_config_dir",
 ]

@@ -14,10 +14,18 @@ Prediction-type rule (first that applies, recorded in `SourceInfo.prediction_sou
    (`...-v2-768-v` -> v, `...-v2-512` -> epsilon) ("metadata");
 4. a `v_pred` key in the state dict (ComfyUI's marker) ("v_pred key");
 5. SD 1.x: always epsilon ("default");
-6. SD 2.x: the official 768px v-models ship as `768-v-ema.*` / `v2-1_768-*.*`, so a file name
-   containing "768" means v_prediction ("filename");
-7. otherwise epsilon ("default", with a note): the weights of a 512 epsilon model and a 768 v-model
-   have the same shapes, so pass the prediction type explicitly for a 768 v-model.
+6. SD 2.x: the weights, as ComfyUI decides (`supported_models.SD20.model_type`): v-prediction
+   when the population standard deviation of
+   `model.diffusion_model.output_blocks.11.1.transformer_blocks.0.norm1.bias` exceeds 0.09
+   (the 768-v models train it far from its zero init; the 512 epsilon models do not) ("weights");
+   the file name plays no part;
+7. otherwise epsilon ("default", with a note).
+
+Text-encoder layouts: the standard `cond_stage_model.transformer.text_model.*` (SD 1.x) and
+`cond_stage_model.model.*` (SD 2.x), the original CompVis `cond_stage_model.transformer.*` without
+`text_model.`, and the generative-models (SGM) `conditioner.embedders.0.{transformer.text_model,
+model}.*` of single-embedder files such as SD 2.1-Turbo (`ldm_keys.TEXT_LAYOUTS`);
+`SourceInfo.text_prefix` records which, and the loader renames it to the standard one.
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,13 +47,18 @@ from sepme_engine.errors import (
     UnsupportedModel,
 )
 from sepme_engine.models.arch import ARCHS, arch_for, layer_sort_key, normalize_prediction_type
-from sepme_engine.models.configs import CONFIGS_METADATA_KEY, validate_configs
+from sepme_engine.models.configs import (
+    CONFIGS_METADATA_KEY,
+    KNOWN_PROFILES,
+    MODEL_INDEX_KEY,
+    PROFILE_METADATA_KEY,
+    validate_configs,
+)
 from sepme_engine.models.ldm_keys import (
-    CLIP_PREFIX,
-    OPENCLIP_PREFIX,
     UNET_PREFIX,
     VAE_PREFIX,
     ldm_unet_to_diffusers,
+    text_layout,
 )
 from sepme_engine.store.safetensors_header import read_header
 
@@ -81,7 +94,7 @@ class SourceInfo:
     arch: str  # "sd1" | "sd2" | "sd2-v"
     prediction_type: str  # "epsilon" | "v_prediction"
     prediction_source: (
-        str  # "override" | "config" | "metadata" | "v_pred key" | "filename" | "default"
+        str  # "override" | "config" | "metadata" | "v_pred key" | "weights" | "default"
     )
     text_width: int
     cross_attn_layers: tuple[tuple[str, tuple[int, int]], ...]
@@ -90,6 +103,10 @@ class SourceInfo:
     has_embedded_config: bool
     file_format: str  # "safetensors" | "pickle" | "diffusers"
     notes: tuple[str, ...] = ()
+    # single files: the text encoder's key prefix in the file (ldm_keys.TEXT_LAYOUTS)
+    text_prefix: str = ""
+    # a sepme export's recorded settings profile ("toy" for an export of the toy base), or ""
+    profile: str = ""
 
     @property
     def family(self) -> str:
@@ -153,8 +170,10 @@ def _unsupported_from_keys(keys: list[str], metadata: Mapping[str, str]) -> str 
     def has(pred: Any) -> bool:
         return any(pred(k) for k in keys)
 
-    if has(lambda k: k.startswith("conditioner.embedders.")):
-        return "an SDXL checkpoint (conditioner.embedders.* keys)"
+    if has(lambda k: k.startswith("conditioner.embedders.1.")) or has(
+        lambda k: k.startswith(UNET_PREFIX + "label_emb.")
+    ):
+        return "an SDXL checkpoint (two text encoders / label_emb keys)"
     if has(lambda k: "joint_blocks." in k):
         return "a Stable Diffusion 3 checkpoint (joint_blocks.* keys)"
     if has(lambda k: "double_blocks." in k):
@@ -177,6 +196,7 @@ def _ldm_info(
     path: Path,
     file_format: str,
     override: str | None,
+    read_tensor: Callable[[str], list[float] | None] | None = None,
 ) -> SourceInfo:
     keys = list(shapes)
     if not keys:
@@ -188,11 +208,11 @@ def _ldm_info(
             hint="use an SD 1.x / 2.x checkpoint or diffusers folder",
         )
     parts = {
-        "UNet (model.diffusion_model.*)": UNET_PREFIX,
-        "VAE (first_stage_model.*)": VAE_PREFIX,
-        "text encoder (cond_stage_model.*)": "cond_stage_model.",
+        "UNet (model.diffusion_model.*)": (UNET_PREFIX,),
+        "VAE (first_stage_model.*)": (VAE_PREFIX,),
+        "text encoder (cond_stage_model.*)": ("cond_stage_model.", "conditioner.embedders.0."),
     }
-    missing = [label for label, p in parts.items() if not any(k.startswith(p) for k in keys)]
+    missing = [label for label, ps in parts.items() if not any(k.startswith(ps) for k in keys)]
     if missing:
         sample = ", ".join(sorted(keys)[:3])
         raise UnsupportedModel(
@@ -205,17 +225,19 @@ def _ldm_info(
             f"{path.name} has a UNet with {conv_in[1]} input channels (an inpainting or "
             "instruct-pix2pix model); sepme supports text-to-image SD 1.x / 2.x",
         )
-    if CLIP_PREFIX + "embeddings.token_embedding.weight" in shapes:
-        family, tok_key = "sd1", CLIP_PREFIX + "embeddings.token_embedding.weight"
-        pos_key = CLIP_PREFIX + "embeddings.position_embedding.weight"
-    elif OPENCLIP_PREFIX + "token_embedding.weight" in shapes:
-        family, tok_key = "sd2", OPENCLIP_PREFIX + "token_embedding.weight"
-        pos_key = OPENCLIP_PREFIX + "positional_embedding"
-    else:
+    layout = text_layout(keys)
+    if layout is None:
         raise UnsupportedModel(
             f"{path.name}: unrecognised text encoder (neither OpenAI CLIP "
             "cond_stage_model.transformer.* nor OpenCLIP cond_stage_model.model.*)",
         )
+    text_prefix, family, _ = layout
+    if family == "sd1":
+        tok_key = text_prefix + "embeddings.token_embedding.weight"
+        pos_key = text_prefix + "embeddings.position_embedding.weight"
+    else:
+        tok_key = text_prefix + "token_embedding.weight"
+        pos_key = text_prefix + "positional_embedding"
 
     notes: list[str] = []
     configs: dict[str, Any] | None = None
@@ -232,7 +254,10 @@ def _ldm_info(
     ]
     if not kv_ldm:
         raise UnsupportedModel(f"{path.name}: the UNet has no cross-attention (attn2) layers")
-    names = ldm_unet_to_diffusers(kv_ldm)
+    try:  # the topology (layers per block) comes from every UNet key, not the attn2 ones alone
+        names = ldm_unet_to_diffusers([k for k in keys if k.startswith(UNET_PREFIX)])
+    except ValueError as e:
+        raise UnsupportedModel(f"{path.name}: unrecognised UNet layout: {e}") from e
     layers = tuple(
         sorted(
             ((names[k][: -len(".weight")], (int(shapes[k][0]), int(shapes[k][1]))) for k in kv_ldm),
@@ -247,7 +272,9 @@ def _ldm_info(
         )
     max_len = int(shapes[pos_key][0]) if pos_key in shapes else 77
 
-    pred, source = _prediction_for_file(family, override, configs, metadata, keys, path, notes)
+    pred, source = _prediction_for_file(
+        family, override, configs, metadata, keys, notes, read_tensor
+    )
     arch = arch_for(family, pred)
     if configs is not None:
         sample_size = int(configs["unet"].get("sample_size", ARCHS[arch].sample_size))
@@ -274,7 +301,59 @@ def _ldm_info(
         has_embedded_config=configs is not None,
         file_format=file_format,
         notes=tuple(notes),
+        text_prefix=text_prefix,
+        profile=_recorded_profile(metadata.get(PROFILE_METADATA_KEY), notes),
     )
+
+
+def _recorded_profile(value: Any, notes: list[str]) -> str:
+    """The settings profile a sepme export recorded ("toy" or an architecture), else ""."""
+    if value is None or value == "":
+        return ""
+    if value in KNOWN_PROFILES:
+        return str(value)
+    notes.append(f"ignored unknown recorded profile {value!r}")
+    return ""
+
+
+# ComfyUI's test for SD 2.x v-prediction (comfy/supported_models.py, SD20.model_type)
+V_PRED_PROBE = UNET_PREFIX + "output_blocks.11.1.transformer_blocks.0.norm1.bias"
+V_PRED_STD = 0.09
+
+
+def _population_std(values: list[float]) -> float:
+    if not values:
+        return 0.0
+    mean = sum(values) / len(values)
+    return (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5
+
+
+def safetensors_tensor_values(path: Path, name: str, limit: int = 1 << 16) -> list[float] | None:
+    """The values of one small floating tensor of a safetensors file, read without torch
+    (None when absent, not F32/F16/BF16, or larger than `limit` elements)."""
+    import struct
+
+    header, _ = read_header(Path(path))
+    spec = header.get(name)
+    if spec is None:
+        return None
+    dtype = str(spec["dtype"])
+    begin, end = (int(x) for x in spec["data_offsets"])
+    size = {"F32": 4, "F16": 2, "BF16": 2}.get(dtype)
+    if size is None or (end - begin) // size > limit:
+        return None
+    with Path(path).open("rb") as fh:
+        (n,) = struct.unpack("<Q", fh.read(8))
+        fh.seek(8 + n + begin)
+        raw = fh.read(end - begin)
+    count = len(raw) // size
+    if dtype == "F32":
+        return list(struct.unpack(f"<{count}f", raw))
+    if dtype == "F16":
+        return list(struct.unpack(f"<{count}e", raw))
+    # bfloat16: the high half of a float32
+    widened = b"".join(b"\x00\x00" + raw[i : i + 2] for i in range(0, len(raw), 2))
+    return list(struct.unpack(f"<{count}f", widened))
 
 
 def _prediction_for_file(
@@ -283,8 +362,8 @@ def _prediction_for_file(
     configs: Mapping[str, Any] | None,
     metadata: Mapping[str, str],
     keys: list[str],
-    path: Path,
     notes: list[str],
+    read_tensor: Callable[[str], list[float] | None] | None,
 ) -> tuple[str, str]:
     if override is not None:
         return override, "override"
@@ -296,16 +375,23 @@ def _prediction_for_file(
             return normalize_prediction_type(spec_pred), "metadata"
         except InvalidInput:
             notes.append(f"ignored unknown modelspec.prediction_type {spec_pred!r}")
-    spec_arch = metadata.get("modelspec.architecture", "")
+    spec_arch = metadata.get("modelspec.architecture", "").split("/")[0]
     if spec_arch.startswith("stable-diffusion-v2") or spec_arch.startswith("stable-diffusion-v1"):
         return ("v_prediction" if spec_arch.endswith("-v") else "epsilon"), "metadata"
     if "v_pred" in keys:
         return "v_prediction", "v_pred key"
     if family == "sd1":
         return "epsilon", "default"
-    if "768" in path.name:
-        notes.append("SD 2.x prediction type guessed from the file name ('768' -> v_prediction)")
-        return "v_prediction", "filename"
+    values = read_tensor(V_PRED_PROBE) if read_tensor is not None else None
+    if values:
+        std = _population_std(values)
+        pred = "v_prediction" if std > V_PRED_STD else "epsilon"
+        notes.append(
+            f"SD 2.x prediction type read from the weights ({pred}: std of "
+            f"output_blocks.11 norm1.bias {std:.3f} {'>' if std > V_PRED_STD else '<='} "
+            f"{V_PRED_STD}, as ComfyUI decides); pass --prediction-type if that is wrong"
+        )
+        return pred, "weights"
     notes.append(
         "SD 2.x prediction type unknown: assumed epsilon (2.x-base, 512px); "
         "pass prediction_type='v_prediction' for a 768px v-model"
@@ -443,6 +529,10 @@ def _config_folder_info(
         if max_len > 10_000:  # transformers' "very large integer" placeholder
             max_len = int(text_cfg.get("max_position_embeddings", 77))
     layers = _unet_layers_from_folder(folder, unet_cfg)
+    recorded = index.get(MODEL_INDEX_KEY)
+    profile = _recorded_profile(
+        recorded.get("profile") if isinstance(recorded, dict) else None, notes
+    )
     return SourceInfo(
         kind=kind,
         source=source,
@@ -458,6 +548,7 @@ def _config_folder_info(
         has_embedded_config=False,
         file_format="diffusers",
         notes=tuple(notes),
+        profile=profile,
     )
 
 
@@ -552,10 +643,22 @@ def inspect_source(
                 )
             sd = load_pickle_state_dict(path)
             shapes = {k: tuple(int(s) for s in v.shape) for k, v in sd.items()}
-            return _ldm_info(shapes, {}, path, "pickle", override)
+
+            def pickled(name: str) -> list[float] | None:
+                t = sd.get(name)
+                return None if t is None else [float(x) for x in t.float().reshape(-1).tolist()]
+
+            return _ldm_info(shapes, {}, path, "pickle", override, pickled)
         tensors, metadata = read_safetensors_header(path)
         shapes = {k: s for k, (_, s) in tensors.items()}
-        return _ldm_info(shapes, metadata, path, "safetensors", override)
+        return _ldm_info(
+            shapes,
+            metadata,
+            path,
+            "safetensors",
+            override,
+            lambda name: safetensors_tensor_values(path, name),
+        )
     repo_id = resolve_hub_id(text)
     if repo_id is None or text.startswith((".", "/", "~")) or text.endswith(".safetensors"):
         raise NotFound(
@@ -590,4 +693,5 @@ __all__ = [
     "load_pickle_state_dict",
     "read_safetensors_header",
     "resolve_hub_id",
+    "safetensors_tensor_values",
 ]

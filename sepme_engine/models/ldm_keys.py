@@ -46,6 +46,38 @@ CLIP_PREFIX = "cond_stage_model.transformer.text_model."
 OPENCLIP_PREFIX = "cond_stage_model.model."
 
 COMPONENTS = ("unet", "vae", "text_encoder")
+
+# Text-encoder layouts found in SD 1.x / 2.x single files, as (prefix in the file, family, the
+# canonical prefix sepme and diffusers read). A1111 and ComfyUI rename the others the same way.
+TEXT_LAYOUTS: tuple[tuple[str, str, str], ...] = (
+    (CLIP_PREFIX, "sd1", CLIP_PREFIX),
+    # the original CompVis layout (transformers < 4.x CLIPTextModel without `text_model.`)
+    ("cond_stage_model.transformer.", "sd1", CLIP_PREFIX),
+    # Stability's generative-models (SGM) layout with one embedder, e.g. SD 2.1-Turbo
+    ("conditioner.embedders.0.transformer.text_model.", "sd1", CLIP_PREFIX),
+    (OPENCLIP_PREFIX, "sd2", OPENCLIP_PREFIX),
+    ("conditioner.embedders.0.model.", "sd2", OPENCLIP_PREFIX),
+)
+
+
+def text_layout(keys: Iterable[str]) -> tuple[str, str, str] | None:
+    """(prefix in the file, family "sd1" | "sd2", canonical prefix) of a single file's text
+    encoder, recognised by its token embedding; None when there is none of these."""
+    present = set(keys)
+    for prefix, family, canonical in TEXT_LAYOUTS:
+        token = "embeddings.token_embedding.weight" if family == "sd1" else "token_embedding.weight"
+        if prefix + token in present:
+            return prefix, family, canonical
+    return None
+
+
+def canonical_text_key(key: str, prefix: str, canonical: str) -> str:
+    """`key` with the text-encoder `prefix` replaced by the `canonical` one (others unchanged)."""
+    if prefix != canonical and key.startswith(prefix):
+        return canonical + key[len(prefix) :]
+    return key
+
+
 TRANSFORMS = ("copy", "linear_to_conv", "concat_qkv")
 
 _UNET_FIXED = {
@@ -227,18 +259,14 @@ def ldm_unet_to_diffusers(ldm_keys: Iterable[str]) -> dict[str, str]:
     The inverse of the UNet part of `ldm_key_map`, following diffusers' converter: layers per
     block is read from the keys (first `input_blocks.N.0.op` downsampler is at N = lpb + 1).
     Used to name cross-attention layers from a checkpoint header without loading it.
+
+    Pass every UNet key: the topology comes from the whole set (a subset such as the attn2 keys
+    alone does not show where the down blocks end). Raises ValueError when it cannot be read.
     """
+    ldm_keys = list(ldm_keys)
     keys = [k[len(UNET_PREFIX) :] if k.startswith(UNET_PREFIX) else k for k in ldm_keys]
     full = dict(zip(keys, ldm_keys, strict=True))
-    ops = sorted(
-        int(m.group(1)) for k in keys if (m := re.match(r"input_blocks\.(\d+)\.0\.op\.", k))
-    )
-    if ops:
-        lpb = ops[0] - 1
-    else:
-        # a single down block: input_blocks 0 (conv_in) .. lpb
-        n_in = {int(m.group(1)) for k in keys if (m := re.match(r"input_blocks\.(\d+)\.", k))}
-        lpb = max(max(n_in, default=1), 1)
+    lpb = _ldm_layers_per_block(keys)
     inv_fixed = {v: k for k, v in _UNET_FIXED.items()}
     out: dict[str, str] = {}
     for k in keys:
@@ -272,6 +300,32 @@ def ldm_unet_to_diffusers(ldm_keys: Iterable[str]) -> dict[str, str]:
         if d is not None:
             out[full[k]] = d
     return out
+
+
+def _ldm_layers_per_block(keys: list[str]) -> int:
+    """Layers per block of an LDM UNet from its key names.
+
+    The first downsampler sits at `input_blocks.{lpb + 1}.0.op`; without one (a single level)
+    the input blocks are conv_in plus lpb resnets. Refuses a key set with neither, or one whose
+    output blocks do not come in whole levels of lpb + 1.
+    """
+    ops = sorted(
+        int(m.group(1)) for k in keys if (m := re.match(r"input_blocks\.(\d+)\.0\.op\.", k))
+    )
+    n_in = {int(m.group(1)) for k in keys if (m := re.match(r"input_blocks\.(\d+)\.", k))}
+    n_out = {int(m.group(1)) for k in keys if (m := re.match(r"output_blocks\.(\d+)\.", k))}
+    if ops:
+        lpb = ops[0] - 1
+    elif n_in and 0 in n_in and len(n_in) == max(n_in) + 1:
+        lpb = max(n_in)  # one level, no downsampler
+    else:
+        raise ValueError(
+            "cannot tell the UNet's layers per block from these keys "
+            "(pass every model.diffusion_model.* key, not a subset)"
+        )
+    if lpb < 1 or (n_out and (max(n_out) + 1) % (lpb + 1) != 0):
+        raise ValueError(f"inconsistent UNet block indices (layers per block {lpb})")
+    return lpb
 
 
 def _resnet_rest_inv(rest: str) -> str:
@@ -459,8 +513,11 @@ __all__ = [
     "apply_transform",
     "diffusers_to_ldm",
     "ldm_key_map",
+    "TEXT_LAYOUTS",
+    "canonical_text_key",
     "ldm_unet_to_diffusers",
     "openclip_padding",
     "pipeline_to_ldm",
     "text_encoder_style",
+    "text_layout",
 ]

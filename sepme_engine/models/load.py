@@ -41,6 +41,7 @@ from sepme_engine.models.detect import (
     load_pickle_state_dict,
     read_safetensors_header,
 )
+from sepme_engine.models.ldm_keys import CLIP_PREFIX, OPENCLIP_PREFIX, canonical_text_key
 
 
 @contextlib.contextmanager
@@ -165,6 +166,19 @@ def _from_state_dict(checkpoint: dict[str, Any], config_dir: Path, dtype: torch.
     )
 
 
+def _needs_renaming(info: SourceInfo) -> bool:
+    return bool(info.text_prefix) and info.text_prefix not in (CLIP_PREFIX, OPENCLIP_PREFIX)
+
+
+def _canonical_text_layout(sd: dict[str, Any], info: SourceInfo) -> dict[str, Any]:
+    """The state dict with its text encoder under the standard LDM prefix (A1111 and ComfyUI
+    rename the old CompVis and the SGM layouts the same way); other keys unchanged."""
+    if not _needs_renaming(info):
+        return sd
+    canonical = CLIP_PREFIX if info.family == "sd1" else OPENCLIP_PREFIX
+    return {canonical_text_key(k, info.text_prefix, canonical): v for k, v in sd.items()}
+
+
 def _load_hub(repo_id: str, dtype: torch.dtype, allow_pickle: bool) -> Any:
     from diffusers import StableDiffusionPipeline
 
@@ -263,7 +277,12 @@ def load_pipeline(
                 config_dir = write_config_dir(cfgs, Path(tmp) / "config")
                 try:
                     if info.file_format == "pickle":
-                        sd = load_pickle_state_dict(info.path)
+                        sd = _canonical_text_layout(load_pickle_state_dict(info.path), info)
+                        pipe = _from_state_dict(sd, config_dir, dtype)
+                    elif _needs_renaming(info):
+                        from safetensors.torch import load_file
+
+                        sd = _canonical_text_layout(load_file(str(info.path)), info)
                         pipe = _from_state_dict(sd, config_dir, dtype)
                     else:
                         pipe = _from_single_file(info.path, config_dir, dtype)

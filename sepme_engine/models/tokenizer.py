@@ -78,6 +78,40 @@ def tokenizer_files(pad_token: str = "<|endoftext|>", max_length: int = 77) -> d
     }
 
 
+def _bpe_merges(tok: Any) -> list[str] | None:
+    """The merge list of a loaded CLIP BPE tokenizer (transformers 4.x slow or 5.x), or None."""
+    ranks = getattr(tok, "bpe_ranks", None)  # transformers 4.x slow CLIPTokenizer
+    if isinstance(ranks, dict) and ranks:
+        return [" ".join(pair) for pair, _ in sorted(ranks.items(), key=lambda kv: kv[1])]
+    backend = getattr(tok, "backend_tokenizer", None) or getattr(tok, "_tokenizer", None)
+    if backend is None or not hasattr(backend, "to_str"):
+        return None
+    model = json.loads(backend.to_str()).get("model", {})
+    if model.get("type") != "BPE":
+        return None
+    return [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+
+
+def slow_tokenizer_files(tok: Any) -> dict[str, str] | None:
+    """The slow `CLIPTokenizer` files (vocab.json, merges.txt, tokenizer_config.json,
+    special_tokens_map.json) of a loaded CLIP tokenizer, which transformers 4.x and 5.x both
+    read; None for a tokenizer that is not a CLIP BPE one."""
+    if not type(tok).__name__.startswith("CLIPTokenizer"):
+        return None
+    pad = str(tok.pad_token) if tok.pad_token is not None else "<|endoftext|>"
+    max_length = int(tok.model_max_length)
+    vocab, merges = clip_vocab_and_merges()
+    if tok.get_vocab() == vocab:
+        return tokenizer_files(pad, max_length)
+    own_merges = _bpe_merges(tok)
+    if own_merges is None:
+        return None
+    files = tokenizer_files(pad, max_length)
+    files["vocab.json"] = json.dumps(tok.get_vocab(), ensure_ascii=False)
+    files["merges.txt"] = "#version: 0.2\n" + "\n".join(own_merges) + "\n"
+    return files
+
+
 def write_tokenizer_dir(dest: Path, pad_token: str = "<|endoftext|>", max_length: int = 77) -> Path:
     """Write a CLIPTokenizer folder at `dest` (created if needed) and return it."""
     dest.mkdir(parents=True, exist_ok=True)
@@ -101,6 +135,7 @@ __all__ = [
     "VOCAB_SIZE",
     "clip_tokenizer",
     "clip_vocab_and_merges",
+    "slow_tokenizer_files",
     "tokenizer_files",
     "write_tokenizer_dir",
 ]
