@@ -21,7 +21,7 @@ from sepme_engine.errors import (
     NotFound,
     PickleRefused,
 )
-from sepme_engine.models.detect import KNOWN_BASES, PICKLE_SUFFIXES, inspect_source
+from sepme_engine.models.detect import KNOWN_BASES, PICKLE_SUFFIXES, hub_snapshot, inspect_source
 from sepme_engine.store import BlobRef, Store, validate_name
 from sepme_engine.store.core import hash_file
 
@@ -256,7 +256,12 @@ def add_base(
             hint=f"choose another name, or `sepme base rm {name}` first (or pass --force)",
         )
     src = inspect_source(source, prediction_type=prediction_type, allow_pickle=allow_pickle)
-    path = Path(src.path) if src.path else None
+    if src.kind == "hub":
+        # the configs were enough to identify it; now the weights (HF cache, or downloaded)
+        assert src.hub_id is not None
+        path: Path | None = hub_snapshot(src.hub_id, configs_only=False, allow_pickle=allow_pickle)
+    else:
+        path = Path(src.path) if src.path else None
     files: dict[str, BlobRef] = {}
     link_info: dict[str, Any] | None = None
     store.ensure()
@@ -314,7 +319,8 @@ def add_base(
         "format": "single_file" if src.kind == "single_file" else "diffusers",
         "file_format": src.file_format,
         "arch": src.arch,
-        "profile": src.arch,
+        # an export of a base records its profile (e.g. the toy's): a re-import keeps it
+        "profile": src.profile or src.arch,
         "prediction_type": src.prediction_type,
         "text_width": src.text_width,
         "tokenizer_max_length": src.tokenizer_max_length,
