@@ -2,9 +2,18 @@
 
 `model_index.json`, one sub-folder per component: models get their `config.json` and one
 safetensors file (`diffusion_pytorch_model.safetensors` for diffusers models, `model.safetensors`
-for transformers models) streamed tensor by tensor through the composition rule; tokenizer,
-scheduler and other components are saved by their own `save_pretrained`. The folder is built
-under a temporary name next to `out_dir` and renamed into place when complete.
+for transformers models) streamed tensor by tensor through the composition rule. The folder is
+built under a temporary name next to `out_dir` and renamed into place when complete.
+
+Written so that every supported loader reads it (diffusers 0.31+ with transformers 4.4x and 5.x):
+- the CLIP text encoder's keys carry the `text_model.` prefix: transformers 5's `state_dict()`
+  drops it but loads either form, 4.x needs it (without it, it initialises the encoder at random);
+- the CLIP tokenizer is written as the slow `CLIPTokenizer` files that `model_index.json` names
+  (`vocab.json`, `merges.txt`, `tokenizer_config.json`, `special_tokens_map.json`); transformers
+  5's `save_pretrained` writes only `tokenizer.json`, which 4.x's slow class cannot read;
+- no config records the user's local source path (`_name_or_path` is dropped);
+- `model_index.json` records the base's settings profile under `_sepme` (diffusers ignores keys
+  that start with "_"), so importing the folder back as a base keeps it.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ from sepme_engine.export.report import (
     parse_dtype,
 )
 from sepme_engine.export.safetensors_writer import TensorEntry, write_plain_file, write_safetensors
+from sepme_engine.models.configs import LOCAL_PATH_KEYS, MODEL_INDEX_KEY, without_local_paths
 
 DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
 TRANSFORMERS_WEIGHTS = "model.safetensors"
@@ -76,9 +86,45 @@ def _save_transformers_config(model: Any, folder: Path, dtype: torch.dtype) -> N
     else:  # pragma: no cover - transformers < 4.56
         cfg.torch_dtype = dtype
     cfg.save_pretrained(folder)
+    _strip_local_paths(folder / "config.json")
     gen = getattr(model, "generation_config", None)
     if gen is not None and getattr(model, "can_generate", lambda: False)():
         gen.save_pretrained(folder)  # pragma: no cover - SD text encoders do not generate
+
+
+def _strip_local_paths(path: Path) -> None:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if isinstance(data, dict) and any(k in data for k in LOCAL_PATH_KEYS):
+        path.unlink()
+        _write_json(path, without_local_paths(data))
+
+
+def _write_json(path: Path, data: Mapping[str, Any]) -> None:
+    write_plain_file(path, (json.dumps(dict(data), indent=2, sort_keys=True) + "\n").encode())
+
+
+def _config_json(obj: Any) -> dict[str, Any]:
+    """A diffusers ConfigMixin's config as `save_config` writes it, without local paths."""
+    return without_local_paths(json.loads(obj.to_json_string()))
+
+
+def text_encoder_key(model: Any, key: str) -> str:
+    """The key a CLIP text encoder's tensor is written under: `text_model.`-prefixed, the layout
+    transformers 4.x and 5.x both load."""
+    if type(model).__name__ == "CLIPTextModel" and not key.startswith("text_model."):
+        return "text_model." + key
+    return key
+
+
+def _save_tokenizer(tok: Any, folder: Path) -> None:
+    from sepme_engine.models.tokenizer import slow_tokenizer_files
+
+    files = slow_tokenizer_files(tok)
+    if files is None:  # not a CLIP BPE tokenizer: its own format
+        tok.save_pretrained(folder)
+        return
+    for name, text in files.items():
+        write_plain_file(folder / name, text.encode("utf-8"))
 
 
 def export_diffusers(
@@ -90,8 +136,11 @@ def export_diffusers(
     metadata: Mapping[str, str] | None = None,
     force: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    profile: str | None = None,
 ) -> ExportReport:
     """Write `pipe` with `deltas` added to its UNet as a diffusers folder at `out_dir`.
+
+    `profile` (the base's settings profile, e.g. "toy") is recorded in `model_index.json`.
 
     Weights: (W.float() + D).to(dtype) for the UNet weights named in `deltas`
     (module name + ".weight"), W.to(dtype) for every other floating tensor. `metadata` (sepme
@@ -110,7 +159,10 @@ def export_diffusers(
             continue
         if _is_diffusers_model(comp) or _is_transformers_model(comp):
             d = unet_deltas if name == "unet" else None
-            plan.append((name, comp, module_entries(comp.state_dict(), tdtype, d)))
+            state = comp.state_dict()
+            if _is_transformers_model(comp):
+                state = {text_encoder_key(comp, k): v for k, v in state.items()}
+            plan.append((name, comp, module_entries(state, tdtype, d)))
         else:
             plan.append((name, comp, []))
     total = sum(len(e) for _, _, e in plan)
@@ -124,12 +176,15 @@ def export_diffusers(
     n_tensors = 0
     out_dir = Path(out_dir)
     with atomic_dir(out_dir, force=force) as tmp:
-        pipe.save_config(tmp)  # model_index.json
+        index = _config_json(pipe)
+        if profile:
+            index[MODEL_INDEX_KEY] = {"profile": profile}
+        _write_json(tmp / "model_index.json", index)
         for name, comp, entries in plan:
             sub = tmp / name
             sub.mkdir()
             if _is_diffusers_model(comp):
-                comp.save_config(sub)
+                _write_json(sub / comp.config_name, _config_json(comp))
                 n_bytes += write_safetensors(
                     sub / DIFFUSERS_WEIGHTS, entries, file_meta, progress=tick
                 )
@@ -138,6 +193,10 @@ def export_diffusers(
                 n_bytes += write_safetensors(
                     sub / TRANSFORMERS_WEIGHTS, entries, file_meta, progress=tick
                 )
+            elif hasattr(comp, "config_name") and hasattr(comp, "to_json_string"):
+                _write_json(sub / comp.config_name, _config_json(comp))  # schedulers
+            elif type(comp).__name__.startswith("CLIPTokenizer"):
+                _save_tokenizer(comp, sub)
             else:
                 comp.save_pretrained(sub)
             done += len(entries)

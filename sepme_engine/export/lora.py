@@ -19,7 +19,6 @@ layer (max) and overall.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -28,7 +27,12 @@ import torch
 
 from sepme_engine.erase.increment import Increment
 from sepme_engine.errors import InvalidInput
-from sepme_engine.export.modelspec import KOHYA_BASE_VERSION, check_arch, modelspec_metadata
+from sepme_engine.export.modelspec import (
+    HASH_KEY,
+    KOHYA_BASE_VERSION,
+    check_arch,
+    modelspec_metadata,
+)
 from sepme_engine.export.report import ExportReport, Meter, parse_dtype
 from sepme_engine.export.safetensors_writer import TensorEntry, constant, write_safetensors
 
@@ -130,12 +134,16 @@ def _layer_factors(
 
 
 def kohya_metadata(arch: str, rank: int, *, output_name: str = "sepme") -> dict[str, str]:
-    """The `ss_*` keys kohya's sd-scripts write for a UNet-only LoRA (alpha = rank: scale 1)."""
+    """The `ss_*` keys kohya's sd-scripts write for a UNet-only LoRA (alpha = rank: scale 1).
+
+    Values are strings as kohya writes them (`str(bool)` is "True"/"False"). kohya writes
+    `ss_network_args` (a JSON object of strings) only when network args were given; this LoRA
+    has none, so the key is absent (readers take a missing key as no args).
+    """
     return {
         "ss_network_module": "networks.lora",
         "ss_network_dim": str(rank),
         "ss_network_alpha": str(rank),
-        "ss_network_args": json.dumps({"conv_dim": None}),
         "ss_base_model_version": KOHYA_BASE_VERSION[arch],
         "ss_v2": str(arch != "sd1"),
         "ss_v_parameterization": str(arch == "sd2-v"),
@@ -232,7 +240,9 @@ def export_lora(
     meta["sepme.lora_relative_error"] = f"{math.sqrt(err2 / norm2):.3e}"
     if metadata:
         meta.update(metadata)
-    n_bytes = write_safetensors(Path(out), entries, meta, force=force, progress=progress)
+    n_bytes = write_safetensors(
+        Path(out), entries, meta, force=force, progress=progress, hash_key=HASH_KEY
+    )
     wall, peak, rise = meter.done()
     return ExportReport(
         path=Path(out),

@@ -1,7 +1,10 @@
 """SAI model spec (`modelspec.*`) metadata for exported files.
 
 Spec: https://github.com/Stability-AI/ModelSpec (sai_model_spec 1.0.0). Architecture IDs follow its
-listing; adapters append `-lora` (`stable-diffusion-v1-lora`).
+listing; an adapter appends `/` and its kind, as kohya's sd-scripts (`library/sai_model_spec.py`)
+write it and Forge reads it: `stable-diffusion-v1/lora`, `stable-diffusion-v2-768-v/lora`.
+`modelspec.hash_sha256` ("0x" + the SHA-256 of the tensor data, header excluded, as kohya and the
+spec's reference code compute it) is filled in by the writer while it streams.
 """
 
 from __future__ import annotations
@@ -21,7 +24,10 @@ ARCHITECTURE_IDS = {
 DEFAULT_RESOLUTION = {"sd1": "512x512", "sd2": "512x512", "sd2-v": "768x768"}
 DEFAULT_PREDICTION = {"sd1": "epsilon", "sd2": "epsilon", "sd2-v": "v"}
 # kohya's ss_base_model_version values for SD 1.x / 2.x networks
-KOHYA_BASE_VERSION = {"sd1": "sd_v1", "sd2": "sd_v2", "sd2-v": "sd_v2"}
+# (`model_util.get_model_version_str_for_sd1_sd2`: "sd" + "_v1" | "_v2", + "_v" when v-param.)
+KOHYA_BASE_VERSION = {"sd1": "sd_v1", "sd2": "sd_v2", "sd2-v": "sd_v2_v"}
+ADAPTER_LORA = "lora"
+HASH_KEY = "modelspec.hash_sha256"
 
 IMPL_LDM = "https://github.com/Stability-AI/generative-models"
 IMPL_DIFFUSERS = "diffusers"
@@ -70,7 +76,7 @@ def modelspec_metadata(
     """
     check_arch(arch)
     pred = normalize_prediction_type(prediction_type or DEFAULT_PREDICTION[arch])
-    architecture = ARCHITECTURE_IDS[arch] + ("-lora" if lora else "")
+    architecture = ARCHITECTURE_IDS[arch] + (f"/{ADAPTER_LORA}" if lora else "")
     return {
         "modelspec.sai_model_spec": "1.0.0",
         "modelspec.architecture": architecture,

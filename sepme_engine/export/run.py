@@ -18,6 +18,7 @@ from sepme_engine.bases import get_base, load_base
 from sepme_engine.compose import composition_deltas, selection
 from sepme_engine.errors import AlreadyExists, InvalidInput
 from sepme_engine.increments import get_increment, load_increment
+from sepme_engine.models.configs import PROFILE_METADATA_KEY
 from sepme_engine.store import SCHEMA_VERSION, Store
 
 FORMATS = ("ldm", "diffusers", "lora")
@@ -74,6 +75,7 @@ def export(
         "sepme.version": __version__,
         "sepme.base": info.name,
         "sepme.base_digest": info.base_digest,
+        PROFILE_METADATA_KEY: info.profile,
         "sepme.increments": json.dumps(
             [
                 {
@@ -130,5 +132,12 @@ def export(
     from sepme_engine.export.diffusers_dir import export_diffusers
 
     return export_diffusers(
-        pipe, deltas, out, dtype=dtype, metadata=metadata, force=force, progress=progress
+        pipe,
+        deltas,
+        out,
+        dtype=dtype,
+        metadata=metadata,
+        force=force,
+        progress=progress,
+        profile=info.profile,
     )

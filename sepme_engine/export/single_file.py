@@ -22,6 +22,7 @@ import torch
 from sepme_engine.errors import InvalidInput, UnsupportedModel
 from sepme_engine.export.modelspec import (
     ARCHS,
+    HASH_KEY,
     check_arch,
     modelspec_metadata,
     normalize_prediction_type,
@@ -36,8 +37,6 @@ from sepme_engine.export.report import (
 from sepme_engine.export.safetensors_writer import TensorEntry, constant, write_safetensors
 from sepme_engine.models.configs import CONFIGS_METADATA_KEY, pipeline_configs
 from sepme_engine.models.ldm_keys import LdmEntry, ldm_key_map, openclip_padding
-
-HASH_KEY = "modelspec.hash_sha256"
 
 
 def _prediction_type(pipe: Any, arch: str) -> str:
@@ -133,7 +132,7 @@ def export_single_file(
     erased: Sequence[str] = (),
     force: bool = False,
     progress: Callable[[int, int], None] | None = None,
-    sha256: bool = False,
+    sha256: bool = True,
     pad_openclip: bool | None = None,
 ) -> ExportReport:
     """Write `pipe` + `deltas` as one LDM `.safetensors` at `out` (complete or absent).
@@ -143,8 +142,8 @@ def export_single_file(
     prediction type from the scheduler), `sepme.configs` (the pipeline's configs as JSON, so
     non-standard models can be re-imported), `sepme.arch`, then the caller's `metadata`
     (provenance: sepme.schema_version, sepme.version, sepme.base_digest, sepme.increments...)
-    merged last. `sha256=True` also fills `modelspec.hash_sha256` (costs one hash pass while
-    writing). The pipeline is not modified.
+    merged last. `modelspec.hash_sha256` is filled in while the tensors stream out (the writer
+    thread hashes what it writes; `sha256=False` skips it). The pipeline is not modified.
 
     Raises InvalidInput (bad dtype/arch, arch vs scheduler mismatch), BaseMismatch (a delta does
     not fit the UNet), UnsupportedModel (keys the LDM layout cannot place), AlreadyExists.
