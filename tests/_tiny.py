@@ -2,6 +2,11 @@
 
 `arch` is "sd1" (CLIP text encoder, eos padding, epsilon), "sd2" (OpenCLIP-style: `!` padding,
 linear projections in the transformer blocks, epsilon) or "sd2-v" (as sd2 with v-prediction).
+
+`make_tiny_pipeline` is the smallest model (2 levels, 1 layer per block); `make_real_topology_pipeline`
+has the real SD 1.x / 2.x topology (the shipped configs: 4 levels, 2 layers per block, attention in
+the first three levels, so the real LDM block indices input_blocks.1,2,4,5,7,8 / output_blocks.3-11)
+at reduced width.
 """
 
 from __future__ import annotations
@@ -77,6 +82,72 @@ def make_tiny_pipeline(arch: str = "sd1", seed: int = 0, max_length: int = MAX_L
         steps_offset=1,
         prediction_type="v_prediction" if arch == "sd2-v" else "epsilon",
     )
+    pipe = StableDiffusionPipeline(
+        unet=unet.eval(),
+        vae=vae.eval(),
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+REAL_UNET_WIDTHS = [16, 32, 32, 32]
+REAL_VAE_WIDTHS = [8, 16, 16, 16]
+REAL_GROUPS = 8
+
+
+def make_real_topology_pipeline(
+    arch: str = "sd1", seed: int = 0, max_length: int = MAX_LENGTH, text_layers: int = 2
+) -> Any:
+    """The shipped SD 1.5 / 2.1-base / 2.1 (768-v) configs with every width reduced.
+
+    Topology (block types, layers per block, attention levels, linear vs conv projections,
+    VAE levels) is read from `sepme_engine/models/shipped`, only channel counts, heads and the
+    text encoder's size are changed, so LDM key names are those of the real checkpoints.
+    """
+    import diffusers
+    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from sepme_engine.models.configs import shipped_configs
+    from sepme_engine.models.tokenizer import clip_tokenizer
+
+    cfgs = shipped_configs(arch)
+    unet_cfg = {k: v for k, v in cfgs["unet"].items() if not k.startswith("_")}
+    sd2 = arch.startswith("sd2")
+    unet_cfg.update(
+        block_out_channels=REAL_UNET_WIDTHS,
+        norm_num_groups=REAL_GROUPS,
+        cross_attention_dim=TEXT_WIDTH,
+        attention_head_dim=[2, 2, 4, 4] if sd2 else 2,
+        sample_size=8,
+    )
+    vae_cfg = {k: v for k, v in cfgs["vae"].items() if not k.startswith("_")}
+    vae_cfg.update(block_out_channels=REAL_VAE_WIDTHS, norm_num_groups=REAL_GROUPS, sample_size=64)
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(**unet_cfg)
+    torch.manual_seed(seed + 1)
+    vae = AutoencoderKL(**vae_cfg)
+    torch.manual_seed(seed + 2)
+    text_cfg = {k: v for k, v in cfgs["text_encoder"].items() if k not in ("architectures",)}
+    text_cfg.update(
+        hidden_size=TEXT_WIDTH,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=text_layers,
+        projection_dim=TEXT_WIDTH,
+        max_position_embeddings=max_length,
+    )
+    text_encoder = CLIPTextModel(CLIPTextConfig(**text_cfg)).eval()
+    clip = cfgs["tokenizer"]["clip"]
+    tokenizer = clip_tokenizer(pad_token=clip["pad_token"], max_length=max_length)
+    sched_cfg = cfgs["scheduler"]
+    scheduler = getattr(diffusers, sched_cfg["_class_name"]).from_config(sched_cfg)
     pipe = StableDiffusionPipeline(
         unet=unet.eval(),
         vae=vae.eval(),

@@ -279,7 +279,7 @@ def test_modelspec_metadata() -> None:
         "modelspec.prediction_type": "v",
     }
     lora = modelspec_metadata("sd1", lora=True)
-    assert lora["modelspec.architecture"] == "stable-diffusion-v1-lora"
+    assert lora["modelspec.architecture"] == "stable-diffusion-v1/lora"
     assert lora["modelspec.implementation"] == "diffusers"
     assert lora["modelspec.resolution"] == "512x512"
     with pytest.raises(InvalidInput):
@@ -297,3 +297,44 @@ def test_importing_the_package_does_not_import_torch() -> None:
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert res.returncode == 0, res.stderr
+
+
+def test_exports_carry_no_local_path_and_load_with_the_slow_tokenizer(tmp_path: Path) -> None:
+    """A pipeline loaded from a user's folder: its path must not leak into the export; the folder
+    holds `text_model.`-prefixed text-encoder keys and the slow CLIPTokenizer files."""
+    import hashlib
+
+    from diffusers import StableDiffusionPipeline
+    from transformers import CLIPTokenizer
+
+    src = tmp_path / "users-private-folder"
+    _pipe("sd1").save_pretrained(src)
+    pipe = StableDiffusionPipeline.from_pretrained(src, local_files_only=True)
+    assert str(pipe.config._name_or_path) == str(src)  # what used to be written out
+
+    out = tmp_path / "folder"
+    export_diffusers(pipe, {}, out, dtype="fp32", profile="sd1")
+    for p in out.rglob("*.json"):
+        text = p.read_text()
+        assert "users-private-folder" not in text and "_name_or_path" not in text, p
+    index = json.loads((out / "model_index.json").read_text())
+    assert index["_sepme"] == {"profile": "sd1"}
+    with safe_open(str(out / "text_encoder" / "model.safetensors"), "pt") as f:
+        keys = list(f.keys())
+    assert keys and all(k.startswith("text_model.") for k in keys)
+    names = {p.name for p in (out / "tokenizer").iterdir()}
+    assert {"vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json"} <= names
+    slow = CLIPTokenizer.from_pretrained(out / "tokenizer")
+    assert slow("a red cat").input_ids == pipe.tokenizer("a red cat").input_ids
+    assert slow.model_max_length == pipe.tokenizer.model_max_length
+
+    single = tmp_path / "m.safetensors"
+    export_single_file(pipe, {}, single, arch="sd1")  # the hash is on by default
+    with safe_open(str(single), "pt") as f:
+        meta = f.metadata()
+    assert "users-private-folder" not in json.dumps(meta) and "_name_or_path" not in json.dumps(
+        meta
+    )
+    raw = single.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    assert meta["modelspec.hash_sha256"] == "0x" + hashlib.sha256(raw[8 + n :]).hexdigest()

@@ -3,6 +3,7 @@ error, and diffusers' load_lora_weights + fuse_lora giving back the composition.
 
 from __future__ import annotations
 
+import json
 import math
 from functools import cache
 from pathlib import Path
@@ -98,7 +99,7 @@ def test_exact_lora_keys_metadata_and_fused_weights(tmp_path: Path) -> None:
     assert meta["ss_network_module"] == "networks.lora"
     assert meta["ss_network_dim"] == meta["ss_network_alpha"] == "5"
     assert meta["ss_base_model_version"] == "sd_v1"
-    assert meta["modelspec.architecture"] == "stable-diffusion-v1-lora"
+    assert meta["modelspec.architecture"] == "stable-diffusion-v1/lora"
     assert meta["modelspec.sai_model_spec"] == "1.0.0"
     assert "van-gogh" in meta["modelspec.description"]
     assert meta["sepme.version"] == "0.1.0"
@@ -179,3 +180,45 @@ def test_lora_refusals(tmp_path: Path) -> None:
     with pytest.raises(AlreadyExists):
         export_lora({"a": _factored(2, 1)}, out)
     assert [p.name for p in tmp_path.iterdir()] == ["x.safetensors"]
+
+
+@pytest.mark.parametrize(
+    ("arch", "architecture", "version", "v2", "vparam", "reso", "pred"),
+    [
+        ("sd1", "stable-diffusion-v1/lora", "sd_v1", "False", "False", "512x512", "epsilon"),
+        ("sd2", "stable-diffusion-v2-512/lora", "sd_v2", "True", "False", "512x512", "epsilon"),
+        ("sd2-v", "stable-diffusion-v2-768-v/lora", "sd_v2_v", "True", "True", "768x768", "v"),
+    ],
+)
+def test_lora_metadata_is_what_kohya_writes(
+    tmp_path: Path,
+    arch: str,
+    architecture: str,
+    version: str,
+    v2: str,
+    vparam: str,
+    reso: str,
+    pred: str,
+) -> None:
+    # kohya sd-scripts: sai_model_spec.determine_architecture appends "/lora";
+    # model_util.get_model_version_str_for_sd1_sd2 gives sd_v1 / sd_v2 / sd_v2_v; every value
+    # is a string, and ss_network_args (when present) a JSON object of strings
+    import hashlib
+
+    out = tmp_path / "l.safetensors"
+    export_lora({"a": _factored(2, 1)}, out, arch=arch, dtype="fp16")
+    with safe_open(str(out), framework="pt") as f:
+        meta = f.metadata()
+    assert meta["modelspec.architecture"] == architecture
+    assert meta["modelspec.implementation"] == "diffusers"
+    assert (meta["modelspec.resolution"], meta["modelspec.prediction_type"]) == (reso, pred)
+    assert (meta["ss_base_model_version"], meta["ss_v2"], meta["ss_v_parameterization"]) == (
+        version,
+        v2,
+        vparam,
+    )
+    args = json.loads(meta.get("ss_network_args", "{}"))
+    assert isinstance(args, dict) and all(isinstance(v, str) for v in args.values())
+    raw = out.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    assert meta["modelspec.hash_sha256"] == "0x" + hashlib.sha256(raw[8 + n :]).hexdigest()

@@ -160,7 +160,8 @@ def test_prediction_type_rules_for_single_files(tmp_path: Path) -> None:
         return info.prediction_type, info.prediction_source
 
     assert detect("a.safetensors") == ("epsilon", "default")
-    assert detect("v2-1_768-ema-pruned.safetensors") == ("v_prediction", "filename")
+    # the file name plays no part (a renamed file must not change the model)
+    assert detect("v2-1_768-ema-pruned.safetensors") == ("epsilon", "default")
     assert detect("b.safetensors", metadata={"modelspec.prediction_type": "v"}) == (
         "v_prediction",
         "metadata",
@@ -245,7 +246,14 @@ def test_truncated_and_corrupt_safetensors(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("keys", "match"),
     [
-        (["conditioner.embedders.0.transformer.text_model.embeddings.position_ids"], "SDXL"),
+        (
+            [
+                "conditioner.embedders.0.transformer.text_model.embeddings.position_ids",
+                "conditioner.embedders.1.model.token_embedding.weight",
+            ],
+            "SDXL",
+        ),
+        (["model.diffusion_model.label_emb.0.0.weight", "first_stage_model.x"], "SDXL"),
         (
             ["model.diffusion_model.joint_blocks.0.context_block.attn.qkv.weight"],
             "Stable Diffusion 3",
