@@ -27,3 +27,21 @@ def open_store() -> Store:
     store = Store()
     store.on_lock_wait = lambda msg: err.print(f"[yellow]{msg}[/]")
     return store
+
+
+def confirm(question: str, yes: bool) -> None:
+    """Ask (on stderr) unless `yes`; a "no", or no answer at all (no terminal, stdin closed),
+    exits 1 with a line that names `--yes`."""
+    from sepme_cli._render import err
+
+    if yes:
+        return
+    try:
+        ok = typer.confirm(question, err=True)
+    except Exception as exc:  # click's Abort (typer vendors its own click): no answer
+        if type(exc).__name__ != "Abort":
+            raise
+        ok = False
+    if not ok:
+        err.print("not confirmed: nothing removed; pass --yes to do it without asking")
+        raise typer.Exit(1)

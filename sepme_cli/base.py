@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from sepme_cli._params import DryRunOpt, ForceOpt, JsonOpt, YesOpt, open_store
+from sepme_cli._params import DryRunOpt, ForceOpt, JsonOpt, YesOpt, confirm, open_store
 from sepme_cli._render import byte_progress, err, human_size, out, print_json, short, table
 from sepme_engine import bases
 
@@ -130,8 +130,7 @@ def rm(
     if dry_run:
         out.print(f"would remove {what}")
         return
-    if not yes and not typer.confirm(f"Remove {what}?", err=True):
-        raise typer.Exit(1)
+    confirm(f"Remove {what}?", yes)
     bases.remove_base(store, name)
     out.print(f"removed {what}")
     err.print("free the disk space with `sepme store prune`")

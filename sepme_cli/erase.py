@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from sepme_cli._params import BaseOpt, DryRunOpt, ForceOpt, JsonOpt, YesOpt, open_store
+from sepme_cli._params import BaseOpt, DryRunOpt, ForceOpt, JsonOpt, YesOpt, confirm, open_store
 from sepme_cli._render import err, out, print_json, table
 
 app = typer.Typer()
@@ -264,7 +264,6 @@ def rm(
     if dry_run:
         out.print(f"would remove increment {concept} from {name}")
         return
-    if not yes and not typer.confirm(f"Remove increment {concept} from {name}?", err=True):
-        raise typer.Exit(1)
+    confirm(f"Remove increment {concept} from {name}?", yes)
     remove_increment(store, name, concept)
     out.print(f"removed increment {concept} from {name}")
