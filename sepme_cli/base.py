@@ -82,7 +82,12 @@ def list_(json_out: JsonOpt = False) -> None:
         for i in infos
     ]
     out.print(
-        table(None, ["name", "arch", "prediction", "source", "size", "digest", "k/v layers"], rows)
+        table(
+            None,
+            ["name", "arch", "prediction", "source", "size", "digest", "k/v layers"],
+            rows,
+            drop=["k/v layers", "digest", "source", "size"],
+        )
     )
 
 

@@ -204,6 +204,7 @@ def list_(base: BaseOpt = None, json_out: JsonOpt = False) -> None:
             f"increments on {info.name}",
             ["concept", "prompt", "active", "method", "‖ΔW‖", "iterations", "stop", "created"],
             rows,
+            drop=["created", "prompt", "method", "stop", "iterations"],
         )
     )
     if not incs:

@@ -56,6 +56,7 @@ def inspect(
             f"increments on {report.base}",
             ["concept", "method", "‖ΔW‖", "‖ΔW‖/‖W‖", "to_k", "to_v", "m", "iterations", "stop"],
             rows,
+            drop=["stop", "iterations", "to_k", "to_v", "method", "m"],
         )
     )
     if layers:

@@ -70,6 +70,17 @@ def prune(dry_run: DryRunOpt = False, json_out: JsonOpt = False) -> None:
     out.print(f"{verb} {len(report.removed)} item(s), {human_size(report.bytes_freed)}")
 
 
+def _value(v: object) -> str:
+    if isinstance(v, list):
+        return ", ".join(repr(x) for x in v) if v else "(none)"
+    return str(v)
+
+
+def _source(source: str, path: str) -> str:
+    """`config.toml:12` for a line of the file (its full path is printed above the table)."""
+    return "config.toml" + source[len(path) :] if source.startswith(path) else source
+
+
 @config_app.command("show")
 def show(json_out: JsonOpt = False) -> None:
     """Print the effective settings and where each one comes from."""
@@ -86,8 +97,5 @@ def show(json_out: JsonOpt = False) -> None:
         )
         return
     err.print(f"config file: {cfg.path}" + ("" if cfg.exists else " (absent: built-in defaults)"))
-    out.print(
-        table(
-            None, ["setting", "value", "from"], [(s.key, s.value, s.source) for s in cfg.settings]
-        )
-    )
+    rows = [(s.key, _value(s.value), _source(s.source, cfg.path)) for s in cfg.settings]
+    out.print(table(None, ["setting", "value", "from"], rows))
