@@ -81,7 +81,7 @@ def inspect(
     )
     out.print(
         table(
-            "decoupling residual R[i][j] = max_layer ‖ΔW_i e(c_j)ᵀ‖/‖W e(c_j)ᵀ‖ (row i changes column j)",
+            "decoupling residual R (row i changes column j)",
             ["", *names],
             [
                 (n, *[f"{v:.1e}" for v in row])
@@ -89,3 +89,4 @@ def inspect(
             ],
         )
     )
+    err.print("R[i][j] = max over layers of ‖ΔW_i e(c_j)ᵀ‖ / ‖W e(c_j)ᵀ‖")

@@ -132,6 +132,7 @@ def generate(
     fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}.get(out.suffix.lower(), "PNG")
     with atomic_open(out) as fh:
         grid.save(fh, format=fmt)
+        _user_file_mode(fh)
     return GenerateReport(
         info.name, str(out), tuple(prompts), names, compare, n, seed, steps, guidance
     )
@@ -162,6 +163,16 @@ class EvalResult:
     erased: tuple[str, ...]
     report: Any  # toy EvalReport
     base_report: Any | None = None
+
+
+def _user_file_mode(fh: Any) -> None:
+    """Give a file the user asked for the mode `open()` would (0666 less the umask, like
+    exports), not the 0600 of the store's private temporary files."""
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fh.fileno(), 0o666 & ~umask)
 
 
 def evaluate_base(

@@ -159,3 +159,122 @@ def test_rm_without_a_tty_names_yes(store: Store) -> None:
     assert run("show", "circle").exit_code == 0  # still there
     res = run("rm", "circle", input="y\n")
     assert res.exit_code == 0
+
+
+# ----- 2. counted progress -----------------------------------------------------------------------
+def test_counted_bar_fits_80_columns_with_count_rate_and_eta() -> None:
+    import io
+
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from sepme_cli._render import progress_columns
+
+    clock = [0.0]
+    console = Console(file=io.StringIO(), width=80, force_terminal=True, color_system=None)
+    bar = Progress(*progress_columns("img"), console=console, get_time=lambda: clock[0])
+    task = bar.add_task("sampling and judging", total=744)
+    for done in range(0, 124, 4):  # 2 images a second
+        clock[0] = done / 2
+        bar.update(task, completed=done)
+    console.print(bar.make_tasks_table(bar.tasks))
+    line = console.file.getvalue().strip()
+    assert "…" not in line and len(line) <= 80
+    assert "sampling and judging" in line and "120/744" in line and "2.0 img/s" in line
+    assert "0:05:12" in line  # (744 − 120) / 2 s, from the measured rate
+
+
+def test_generate_progress_counts_every_image(store: Store, tmp_path: Path) -> None:
+    from sepme_engine.preview import generate
+
+    fake_increments(store, "circle")
+    seen: list[tuple[float, int]] = []
+    rep = generate(
+        store,
+        ["a red circle", "blue"],
+        tmp_path / "g.png",
+        n=2,
+        steps=3,
+        compare=True,
+        erase=["circle"],
+        progress=lambda done, total: seen.append((done, total)),
+    )
+    assert rep.compare and (tmp_path / "g.png").is_file()
+    assert {t for _, t in seen} == {8}  # 2 prompts × 2 images × (base + composition)
+    dones = [d for d, _ in seen]
+    assert dones == sorted(dones) and dones[0] == 0 and dones[-1] == pytest.approx(8)
+    assert len(seen) == 1 + 4 * 3  # one update per denoising step of each of the 4 batches
+    # PNGs are written like exports: readable by everyone (umask permitting), not 0600
+    import os
+    import stat
+
+    mode = stat.S_IMODE((tmp_path / "g.png").stat().st_mode)
+    assert mode == 0o666 & ~_umask(), oct(mode)
+    assert os.access(tmp_path / "g.png", os.R_OK)
+
+
+def _umask() -> int:
+    import os
+
+    old = os.umask(0)
+    os.umask(old)
+    return old
+
+
+# ----- 8. eval --compare -------------------------------------------------------------------------
+def test_eval_compare_judges_base_and_composition_with_one_counted_bar(store: Store) -> None:
+    from sepme_engine.preview import evaluate_base
+
+    fake_increments(store, "circle")
+    seen: list[tuple[float, int]] = []
+    prompts = ["a red circle on stripes", "a blue square on checks"]
+    res = evaluate_base(
+        store,
+        n_per_prompt=1,
+        erase=["circle"],
+        compare=True,
+        prompts=prompts,
+        n_blank=2,
+        progress=lambda d, t: seen.append((d, t)),
+    )
+    per_run = 2 * 1 + 13 * 1 + 2
+    assert {t for _, t in seen} == {2 * per_run}
+    assert seen[-1][0] == pytest.approx(2 * per_run)
+    assert res.erased == ("circle",) and res.base_report is not None
+    assert res.report.n_full_prompts == res.base_report.n_full_prompts == 2
+    from sepme_cli.generate import _eval_rows
+
+    rows = _eval_rows(res.report, res.base_report)
+    circle = next(r for r in rows if r[0] == "circle")
+    want = 100 * (res.report.full["circle"] - res.base_report.full["circle"])
+    assert circle[6] == f"{want:+.1f}"
+    with pytest.raises(Exception, match="nothing to compare"):
+        evaluate_base(store, compare=True, plain=True, prompts=prompts, n_blank=1)
+
+
+# ----- 6. tables at 80 columns -------------------------------------------------------------------
+def _fits(text: str, words: list[str]) -> None:
+    for line in text.splitlines():
+        assert len(line) <= 80, line
+    for w in words:
+        assert w in text, w
+
+
+def test_tables_fit_80_columns_without_breaking_words(store: Store, tmp_path: Path) -> None:
+    fake_increments(store, "van-gogh", "a-rather-long-concept-name")
+    (store.root / "config.toml").write_text("[erase.toy]\nsteps = 200\n", encoding="utf-8")
+    env = {"COLUMNS": "80"}
+    for argv, words in [
+        (["list"], ["concept", "a-rather-long-concept-name", "active"]),
+        (["base", "list"], ["prediction", "v_prediction", "builtin"]),
+        (["config", "show"], ["erase.sd2-v.image_guidance", "config.toml:2"]),
+        (["inspect"], ["concept", "‖ΔW‖/‖W‖", "a-rather-long-concept-name"]),
+        (["variants"], ["variant"]),
+    ]:
+        res = runner.invoke(app, argv, env=env)
+        assert res.exit_code == 0, (argv, res.output)
+        _fits(res.stdout, words)
+        # a dropped or kept header is whole, never "iteratio/ns"
+        assert ("iteratio" not in res.stdout) or ("iterations" in res.stdout)
+    full = json.loads(runner.invoke(app, ["list", "--json"], env=env).stdout)
+    assert {"prompt", "created", "iterations", "stop_reason", "method"} <= set(full[0])
