@@ -71,6 +71,11 @@ def generate(
         print_json(report.to_json())
         return
     out.print(report.path)
+    for prompt, tokens, limit in report.truncated:
+        err.print(
+            f"[yellow]warning:[/] {prompt!r} is {tokens} tokens; {report.base} reads {limit} "
+            "(with start/end): the rest had no effect"
+        )
     err.print(
         f"{report.base}, erased: {', '.join(report.erased) or 'nothing'}; {report.steps} steps, guidance {report.guidance}"
     )

@@ -76,7 +76,10 @@ def sample_images(
         pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     out: list[np.ndarray] = []
-    with torch.no_grad():
+    from sepme_engine._hflog import quiet_hf_logs
+
+    # diffusers logs the cut-off words of a long prompt; `prompt_overflow` says it in sepme's words
+    with torch.no_grad(), quiet_hf_logs():
         for start in range(0, len(flat), batch_size):
             chunk = flat[start : start + batch_size]
             extra: dict[str, Any] = {}
@@ -99,6 +102,22 @@ def sample_images(
             )
             out.append(np.asarray(res.images, dtype=np.float32))
     return np.clip(np.concatenate(out), 0.0, 1.0)
+
+
+def prompt_overflow(pipe: Any, prompts: Sequence[str]) -> list[tuple[str, int, int]]:
+    """(prompt, tokens, limit) for each prompt longer than the text encoder reads (start and end
+    tokens included): the pipeline truncates it, so its tail has no effect."""
+    from sepme_engine._hflog import quiet_hf_logs
+
+    tok = pipe.tokenizer
+    limit = int(tok.model_max_length)
+    found = []
+    with quiet_hf_logs():
+        for p in prompts:
+            n = len(tok(p, truncation=False).input_ids)
+            if n > limit:
+                found.append((p, n, limit))
+    return found
 
 
 def image_grid(

@@ -33,9 +33,14 @@ class GenerateReport:
     seed: int
     steps: int
     guidance: float
+    # prompts longer than the base's text encoder reads: (prompt, tokens, limit); their tail
+    # was cut off by the pipeline
+    truncated: tuple[tuple[str, int, int], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        data = dict(self.__dict__)
+        data["truncated"] = [{"prompt": p, "tokens": n, "limit": k} for p, n, k in self.truncated]
+        return data
 
 
 def sampling_defaults(info: BaseInfo) -> tuple[int, float]:
@@ -88,7 +93,7 @@ def generate(
     composition's). `progress(done, total)` counts images, updated every denoising step."""
     import numpy as np
 
-    from sepme_engine.generate import image_grid, sample_images
+    from sepme_engine.generate import image_grid, prompt_overflow, sample_images
     from sepme_engine.store.atomic import atomic_open
 
     if not prompts or any(not p.strip() for p in prompts):
@@ -108,6 +113,7 @@ def generate(
     guidance = d_guidance if guidance is None else guidance
     dev = resolve_device(device or load_config(store.root).get("device"))
     pipe = load_base(store, info.name, device=str(dev))
+    truncated = tuple(prompt_overflow(pipe, prompts))
     rows: list[np.ndarray] = []
     labels: list[str] = []
     step = _counter(progress, len(prompts) * n * (2 if compare else 1))
@@ -134,7 +140,7 @@ def generate(
         grid.save(fh, format=fmt)
         _user_file_mode(fh)
     return GenerateReport(
-        info.name, str(out), tuple(prompts), names, compare, n, seed, steps, guidance
+        info.name, str(out), tuple(prompts), names, compare, n, seed, steps, guidance, truncated
     )
 
 

@@ -278,3 +278,42 @@ def test_tables_fit_80_columns_without_breaking_words(store: Store, tmp_path: Pa
         assert ("iteratio" not in res.stdout) or ("iterations" in res.stdout)
     full = json.loads(runner.invoke(app, ["list", "--json"], env=env).stdout)
     assert {"prompt", "created", "iterations", "stop_reason", "method"} <= set(full[0])
+
+
+# ----- 5. no library warnings; concepts the tokenizer does not know ----------------------------
+def test_spelled_out_words_on_the_toy_and_clip_tokenizers() -> None:
+    from sepme_engine.erase.text import spelled_out_words
+    from sepme_engine.models.tokenizer import clip_tokenizer
+    from sepme_engine.toy.tokenizer import toy_tokenizer
+
+    toy, clip = toy_tokenizer(), clip_tokenizer()
+    assert [w for w, _ in spelled_out_words(toy, "Van Gogh")] == ["Van", "Gogh"]
+    assert [w for w, _ in spelled_out_words(toy, "a photo of a dog")] == ["dog"]
+    assert spelled_out_words(toy, "a red circle on stripes") == []
+    assert spelled_out_words(toy, "cyan") == []  # one token on the toy, two on CLIP
+    assert spelled_out_words(clip, "Van Gogh") == []  # CLIP knows both words
+    assert spelled_out_words(clip, "greg rutkowski") == []  # rut + kowski: subwords, not letters
+    assert [w for w, _ in spelled_out_words(clip, "xqzt")] == ["xqzt"]
+
+
+def test_erase_refuses_a_concept_the_toy_cannot_read(store: Store) -> None:
+    res = run("erase", "van gogh", "--steps", "1", "--images", "1")
+    assert res.exit_code == 1
+    assert "does not know 'van', 'gogh'" in res.stderr and "--force" in res.stderr
+    assert "Traceback" not in res.output
+    assert json.loads(run("list", "--json").stdout) == []
+
+
+def test_long_prompts_warn_in_sepmes_words_only(
+    store: Store, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    long = "a red circle on stripes with many more words than the toy base reads"
+    res = run("generate", long, "-o", str(tmp_path / "l.png"), "--n", "1", "--steps", "2")
+    assert res.exit_code == 0, res.output
+    assert "tokens; toy reads 8" in " ".join(res.stderr.split())
+    res = run("erase", long, "--steps", "1")
+    assert res.exit_code == 1 and "tokens long" in res.stderr
+    leaked = capfd.readouterr()  # what libraries wrote past the CLI's own streams
+    for text in (res.output, leaked.out, leaked.err):
+        assert "[transformers]" not in text and "truncated because CLIP" not in text
+        assert "Token indices sequence length" not in text
