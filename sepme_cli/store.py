@@ -81,7 +81,21 @@ def _source(source: str, path: str) -> str:
     return "config.toml" + source[len(path) :] if source.startswith(path) else source
 
 
-@config_app.command("show")
+def _show_help() -> str:
+    from rich.markup import escape
+
+    from sepme_engine.config import config_help
+
+    lines = config_help().splitlines()
+    return (
+        "Print the effective settings and where each one comes from.\n\n"
+        "Settings are read from config.toml in the store root (`sepme store path`); command-line "
+        "options override them. Keys, with an example each (docs/config.md has more):\n\n"
+        + "\n".join(escape(line) for line in lines)
+    )
+
+
+@config_app.command("show", help=_show_help())
 def show(json_out: JsonOpt = False) -> None:
     """Print the effective settings and where each one comes from."""
     from sepme_engine.config import load_config

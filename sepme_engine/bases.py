@@ -185,7 +185,14 @@ def _info_from_manifest(data: dict[str, Any], default: str) -> BaseInfo:
 
 
 def default_base_name(store: Store) -> str:
-    return str(store.read_state().get("default_base") or TOY)
+    """`sepme base use`'s choice, else `default_base` in config.toml, else the toy base."""
+    chosen = store.read_state().get("default_base")
+    if not chosen:
+        from sepme_engine.config import load_config
+
+        cfg = load_config(store.root)
+        chosen = next((s.value for s in cfg.settings if s.key == "default_base"), None)
+    return str(chosen or TOY)
 
 
 def list_bases(store: Store) -> list[BaseInfo]:

@@ -317,3 +317,53 @@ def test_long_prompts_warn_in_sepmes_words_only(
     for text in (res.output, leaked.out, leaked.err):
         assert "[transformers]" not in text and "truncated because CLIP" not in text
         assert "Token indices sequence length" not in text
+
+
+# ----- 7. smaller --------------------------------------------------------------------------------
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_every_config_key_is_documented_with_an_example() -> None:
+    from sepme_engine.config import ERASE_KEYS, KEY_DOCS, TOP_KEYS
+
+    doc = (ROOT / "docs" / "config.md").read_text(encoding="utf-8")
+    res = runner.invoke(app, ["config", "show", "--help"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0
+    for key in [*TOP_KEYS, *ERASE_KEYS]:
+        assert f"| `{key}` |" in doc, key
+        example, _ = KEY_DOCS[key]
+        assert f"{key} = {example}" in res.stdout, key
+    assert "[erase.ARCH]" in res.stdout and "[erase]" in res.stdout
+
+
+def test_default_base_in_config_is_used(store: Store) -> None:
+    (store.root).mkdir(parents=True, exist_ok=True)
+    (store.root / "config.toml").write_text('default_base = "nope"\n', encoding="utf-8")
+    res = run("list")
+    assert res.exit_code == 1 and "'nope'" in res.stderr  # honoured, not silently ignored
+
+
+def test_config_error_in_a_sub_table_names_its_line(store: Store) -> None:
+    store.root.mkdir(parents=True, exist_ok=True)
+    (store.root / "config.toml").write_text(
+        'device = "cpu"\n[erase]\nlr = 0.02\n[erase.sd15]\nsteps = 10\n', encoding="utf-8"
+    )
+    res = run("config", "show")
+    assert res.exit_code == 1
+    assert "config.toml:4: [erase.sd15] is not an architecture" in res.stderr
+    assert "sd1" in res.stderr
+
+
+def test_flags_show_no_value_type_in_help() -> None:
+    for argv in (["base", "add", "--help"], ["erase", "--help"], ["export", "--help"]):
+        res = runner.invoke(app, argv, env={"COLUMNS": "120"})
+        assert res.exit_code == 0
+        assert "<bool>" not in res.stdout, argv
+    assert "<int>" in runner.invoke(app, ["erase", "--help"], env={"COLUMNS": "120"}).stdout
+
+
+def test_generate_help_describes_the_layout() -> None:
+    res = runner.invoke(app, ["generate", "--help"], env={"COLUMNS": "200"})
+    text = " ".join(res.stdout.split())
+    assert "side by side" not in text
+    assert "above the composition's" in text
