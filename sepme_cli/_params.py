@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 
+from sepme_cli._complete import complete_base, complete_concept, complete_variant
 from sepme_engine.store import Store
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON to stdout instead of a table.")]
@@ -16,7 +17,27 @@ DryRunOpt = Annotated[
 ForceOpt = Annotated[bool, typer.Option("--force", help="Replace an existing entry or file.")]
 BaseOpt = Annotated[
     str | None,
-    typer.Option("--base", "-b", help="Base to use (default: `sepme base use`, else toy)."),
+    typer.Option(
+        "--base",
+        "-b",
+        help="Base to use (default: `sepme base use`, else toy).",
+        autocompletion=complete_base,
+    ),
+]
+BaseArg = Annotated[str, typer.Argument(help="Base name.", autocompletion=complete_base)]
+ConceptArg = Annotated[
+    str, typer.Argument(help="Concept name (as erased).", autocompletion=complete_concept)
+]
+VariantArg = Annotated[str, typer.Argument(help="Variant name.", autocompletion=complete_variant)]
+VariantOpt = Annotated[
+    str | None,
+    typer.Option("--variant", help="Use this saved variant.", autocompletion=complete_variant),
+]
+EraseListOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--erase", help="Use these increments (comma-separated).", autocompletion=complete_concept
+    ),
 ]
 
 

@@ -6,7 +6,17 @@ from typing import Annotated
 
 import typer
 
-from sepme_cli._params import BaseOpt, DryRunOpt, ForceOpt, JsonOpt, YesOpt, confirm, open_store
+from sepme_cli._complete import complete_concept, complete_variant
+from sepme_cli._params import (
+    BaseOpt,
+    DryRunOpt,
+    ForceOpt,
+    JsonOpt,
+    VariantArg,
+    YesOpt,
+    confirm,
+    open_store,
+)
 from sepme_cli._render import err, out, print_json, table
 from sepme_engine import compose as engine
 
@@ -22,13 +32,23 @@ def compose(
     base: BaseOpt = None,
     erase: Annotated[
         list[str] | None,
-        typer.Option("--erase", help="Concepts to add (comma-separated or repeated)."),
+        typer.Option(
+            "--erase",
+            help="Concepts to add (comma-separated or repeated).",
+            autocompletion=complete_concept,
+        ),
     ] = None,
     restore: Annotated[
-        list[str] | None, typer.Option("--restore", help="Concepts to drop (restore).")
+        list[str] | None,
+        typer.Option(
+            "--restore", help="Concepts to drop (restore).", autocompletion=complete_concept
+        ),
     ] = None,
     from_variant: Annotated[
-        str | None, typer.Option("--from", help="Start from this saved variant.")
+        str | None,
+        typer.Option(
+            "--from", help="Start from this saved variant.", autocompletion=complete_variant
+        ),
     ] = None,
     name: Annotated[
         str | None,
@@ -95,7 +115,7 @@ variants_app.command("ls", hidden=True, help="Alias of `list`.")(list_)
 
 @variants_app.command("rm")
 def rm(
-    name: Annotated[str, typer.Argument(help="Variant name.")],
+    name: VariantArg,
     base: BaseOpt = None,
     dry_run: DryRunOpt = False,
     yes: YesOpt = False,
@@ -118,7 +138,9 @@ def rm(
 
 @variants_app.command("mv")
 def mv(
-    old: Annotated[str, typer.Argument(help="Current variant name.")],
+    old: Annotated[
+        str, typer.Argument(help="Current variant name.", autocompletion=complete_variant)
+    ],
     new: Annotated[str, typer.Argument(help="New variant name.")],
     base: BaseOpt = None,
     force: ForceOpt = False,

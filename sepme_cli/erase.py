@@ -7,7 +7,16 @@ from typing import Annotated, Any
 
 import typer
 
-from sepme_cli._params import BaseOpt, DryRunOpt, ForceOpt, JsonOpt, YesOpt, confirm, open_store
+from sepme_cli._params import (
+    BaseOpt,
+    ConceptArg,
+    DryRunOpt,
+    ForceOpt,
+    JsonOpt,
+    YesOpt,
+    confirm,
+    open_store,
+)
 from sepme_cli._render import err, out, print_json, table
 
 app = typer.Typer()
@@ -216,7 +225,7 @@ app.command("ls", hidden=True, help="Alias of `list`.")(list_)
 
 @app.command("show")
 def show(
-    concept: Annotated[str, typer.Argument(help="Concept name.")],
+    concept: ConceptArg,
     base: BaseOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -250,7 +259,7 @@ def show(
 
 @app.command("rm")
 def rm(
-    concept: Annotated[str, typer.Argument(help="Concept name.")],
+    concept: ConceptArg,
     base: BaseOpt = None,
     dry_run: DryRunOpt = False,
     yes: YesOpt = False,

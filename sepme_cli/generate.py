@@ -7,15 +7,12 @@ from typing import Annotated, Any
 
 import typer
 
-from sepme_cli._params import BaseOpt, JsonOpt, open_store
+from sepme_cli._params import BaseOpt, EraseListOpt, JsonOpt, VariantOpt, open_store
 from sepme_cli._render import counted_progress, err, out, print_json, table
 
 app = typer.Typer()
 
-VariantOpt = Annotated[str | None, typer.Option("--variant", help="Use this saved variant.")]
-EraseOpt = Annotated[
-    list[str] | None, typer.Option("--erase", help="Use these increments (comma-separated).")
-]
+EraseOpt = EraseListOpt
 PlainOpt = Annotated[bool, typer.Option("--plain", help="The bare base, no increments.")]
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
 

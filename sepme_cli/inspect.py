@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from sepme_cli._complete import complete_concept
 from sepme_cli._params import BaseOpt, JsonOpt, open_store
 from sepme_cli._render import err, out, print_json, table
 
@@ -16,7 +17,10 @@ app = typer.Typer()
 @app.command("inspect")
 def inspect(
     concepts: Annotated[
-        list[str] | None, typer.Argument(help="Increments to inspect (default: all).")
+        list[str] | None,
+        typer.Argument(
+            help="Increments to inspect (default: all).", autocompletion=complete_concept
+        ),
     ] = None,
     base: BaseOpt = None,
     layers: Annotated[

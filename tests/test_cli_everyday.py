@@ -367,3 +367,55 @@ def test_generate_help_describes_the_layout() -> None:
     text = " ".join(res.stdout.split())
     assert "side by side" not in text
     assert "above the composition's" in text
+
+
+def _complete(words: str, home: Path) -> tuple[list[str], bool]:
+    """Run the shell-completion protocol in a fresh interpreter: (completions, torch imported)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {
+        **os.environ,
+        "SEPME_HOME": str(home),
+        "_SEPME_COMPLETE": "complete_bash",
+        "COMP_WORDS": words,
+        "COMP_CWORD": str(len(words.split()) - (0 if words.endswith(" ") else 1)),
+    }
+    code = (
+        "import sys\n"
+        "try:\n    from sepme_cli.app import main; main()\nexcept SystemExit:\n    pass\n"
+        "print('TORCH=' + str('torch' in sys.modules), file=sys.stderr)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env, timeout=120
+    )
+    return proc.stdout.split(), "TORCH=False" not in proc.stderr
+
+
+def test_completion_of_store_names_without_torch(store: Store, sepme_home: Path) -> None:
+    fake_increments(store, "circle", "cross", "red")
+    assert run("compose", "--erase", "circle", "--name", "first").exit_code == 0
+    cases = {
+        "sepme show c": ["circle", "cross"],
+        "sepme rm r": ["red"],
+        "sepme compose --erase circle,c": ["circle,cross"],
+        "sepme compose --restore ": ["circle", "cross", "red"],
+        "sepme export x --format l": ["ldm", "lora"],
+        "sepme generate x --variant f": ["first"],
+        "sepme variants rm ": ["first"],
+        "sepme base show t": ["toy"],
+        "sepme list --base ": ["toy"],
+        "sepme show --base nope c": [],  # unknown base: nothing, no traceback
+    }
+    for words, want in cases.items():
+        got, heavy = _complete(words, sepme_home)
+        assert got == want, (words, got)
+        assert not heavy, words
+
+
+def test_completion_formats_match_the_exporter() -> None:
+    from sepme_cli._complete import FORMATS
+    from sepme_engine.export.run import FORMATS as ENGINE_FORMATS
+
+    assert FORMATS == ENGINE_FORMATS
