@@ -148,6 +148,11 @@ def test_did_you_mean_and_quoted_hints(store: Store) -> None:
     assert shlex.split(cmd)[0] == "Claude Monet"
     res = run("generate", "x", "-o", "a.png", "--variant", "nope")
     assert res.exit_code == 1 and "no variant 'nope'" in res.stderr
+    res = run("list", "--base", "tyo")
+    assert res.exit_code == 1 and "did you mean toy?" in res.stderr
+    res = run("list", "--base", "my base")
+    assert res.exit_code == 1 and "`sepme base add 'my base' PATH`" in res.stderr
+    assert run("list", "--base", "Toy").exit_code == 0
 
 
 def test_rm_without_a_tty_names_yes(store: Store) -> None:
