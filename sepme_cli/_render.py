@@ -110,12 +110,11 @@ class RateColumn(ProgressColumn):
 
 
 @contextmanager
-def counted_progress(description: str, unit: str = "", *extra: Any) -> Iterator[Any]:
-    """A transient counted bar on stderr; yields update(done, total). Shared by every long
-    operation (sampling, evaluation, hashing, export; erase may reuse `progress_columns`)."""
+def _bar(description: str, columns: Sequence[Any]) -> Iterator[Any]:
+    """A transient bar on stderr with these columns; yields update(done, total)."""
     from rich.progress import Progress
 
-    with Progress(*progress_columns(unit, *extra), console=err, transient=True) as bar:
+    with Progress(*columns, console=err, transient=True) as bar:
         task = bar.add_task(description, total=None)
 
         def update(done: float, total: int) -> None:
@@ -124,31 +123,30 @@ def counted_progress(description: str, unit: str = "", *extra: Any) -> Iterator[
         yield update
 
 
+def counted_progress(description: str, unit: str = "", *extra: Any) -> Any:
+    """A counted bar (done/total, rate, ETA) for any long operation: sampling, evaluation,
+    hashing, export; `sepme erase` can build its own from `progress_columns`."""
+    return _bar(description, progress_columns(unit, *extra))
+
+
 def byte_progress(description: str) -> Any:
-    """Progress in bytes (imports, copies)."""
-    from rich.progress import DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+    """Progress in bytes (imports, copies): done/total bytes, speed, ETA."""
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
 
-    @contextmanager
-    def cm() -> Iterator[Any]:
-        from rich.progress import BarColumn, TextColumn
-
-        with Progress(
-            TextColumn("{task.description}"),
-            BarColumn(bar_width=16),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            TimeRemainingColumn(),
-            console=err,
-            transient=True,
-        ) as bar:
-            task = bar.add_task(description, total=None)
-
-            def update(done: int, total: int) -> None:
-                bar.update(task, completed=done, total=total)
-
-            yield update
-
-    return cm()
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(bar_width=16),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+    )
+    return _bar(description, columns)
 
 
 def step_progress(description: str) -> Any:
