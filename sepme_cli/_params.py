@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 
+from sepme_cli._complete import complete_base, complete_concept, complete_variant
 from sepme_engine.store import Store
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON to stdout instead of a table.")]
@@ -16,7 +17,27 @@ DryRunOpt = Annotated[
 ForceOpt = Annotated[bool, typer.Option("--force", help="Replace an existing entry or file.")]
 BaseOpt = Annotated[
     str | None,
-    typer.Option("--base", "-b", help="Base to use (default: `sepme base use`, else toy)."),
+    typer.Option(
+        "--base",
+        "-b",
+        help="Base to use (default: `sepme base use`, else toy).",
+        autocompletion=complete_base,
+    ),
+]
+BaseArg = Annotated[str, typer.Argument(help="Base name.", autocompletion=complete_base)]
+ConceptArg = Annotated[
+    str, typer.Argument(help="Concept name (as erased).", autocompletion=complete_concept)
+]
+VariantArg = Annotated[str, typer.Argument(help="Variant name.", autocompletion=complete_variant)]
+VariantOpt = Annotated[
+    str | None,
+    typer.Option("--variant", help="Use this saved variant.", autocompletion=complete_variant),
+]
+EraseListOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--erase", help="Use these increments (comma-separated).", autocompletion=complete_concept
+    ),
 ]
 
 
@@ -27,3 +48,21 @@ def open_store() -> Store:
     store = Store()
     store.on_lock_wait = lambda msg: err.print(f"[yellow]{msg}[/]")
     return store
+
+
+def confirm(question: str, yes: bool) -> None:
+    """Ask (on stderr) unless `yes`; a "no", or no answer at all (no terminal, stdin closed),
+    exits 1 with a line that names `--yes`."""
+    from sepme_cli._render import err
+
+    if yes:
+        return
+    try:
+        ok = typer.confirm(question, err=True)
+    except Exception as exc:  # click's Abort (typer vendors its own click): no answer
+        if type(exc).__name__ != "Abort":
+            raise
+        ok = False
+    if not ok:
+        err.print("not confirmed: nothing removed; pass --yes to do it without asking")
+        raise typer.Exit(1)

@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
+import typer.core
 
 from sepme_cli import base, compose, erase, export, generate, inspect, store
 from sepme_cli._errors import SepmeGroup
 from sepme_engine import __version__
+
+
+def _flag_type(self: typer.core.TyperOption, ctx: Any) -> str | None:
+    """Flags take no value: show no type for them (typer 0.29 prints `<bool>`)."""
+    if self.is_flag and not self.count:
+        return None
+    return _option_type(self, ctx)
+
+
+_option_type = typer.core.TyperOption.display_type_rich
+typer.core.TyperOption.display_type_rich = _flag_type  # type: ignore[method-assign]
 
 app = typer.Typer(
     cls=SepmeGroup,
@@ -38,6 +52,7 @@ app.add_typer(compose.app)
 app.add_typer(inspect.app)
 app.add_typer(export.app)
 app.add_typer(generate.app)
+app.add_typer(compose.variants_app, name="variants")
 app.add_typer(base.app, name="base")
 app.add_typer(store.store_app, name="store")
 app.add_typer(store.config_app, name="config")

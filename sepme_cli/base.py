@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from sepme_cli._params import DryRunOpt, ForceOpt, JsonOpt, YesOpt, open_store
+from sepme_cli._params import BaseArg, DryRunOpt, ForceOpt, JsonOpt, YesOpt, confirm, open_store
 from sepme_cli._render import byte_progress, err, human_size, out, print_json, short, table
 from sepme_engine import bases
 
@@ -82,7 +82,12 @@ def list_(json_out: JsonOpt = False) -> None:
         for i in infos
     ]
     out.print(
-        table(None, ["name", "arch", "prediction", "source", "size", "digest", "k/v layers"], rows)
+        table(
+            None,
+            ["name", "arch", "prediction", "source", "size", "digest", "k/v layers"],
+            rows,
+            drop=["k/v layers", "digest", "source", "size"],
+        )
     )
 
 
@@ -90,9 +95,7 @@ app.command("ls", hidden=True, help="Alias of `list`.")(list_)
 
 
 @app.command("show")
-def show(
-    name: Annotated[str, typer.Argument(help="Base name.")], json_out: JsonOpt = False
-) -> None:
+def show(name: BaseArg, json_out: JsonOpt = False) -> None:
     """Show one base in full."""
     info = bases.get_base(open_store(), name)
     if json_out:
@@ -117,7 +120,7 @@ def show(
 
 @app.command("rm")
 def rm(
-    name: Annotated[str, typer.Argument(help="Base name.")],
+    name: BaseArg,
     dry_run: DryRunOpt = False,
     yes: YesOpt = False,
 ) -> None:
@@ -130,15 +133,14 @@ def rm(
     if dry_run:
         out.print(f"would remove {what}")
         return
-    if not yes and not typer.confirm(f"Remove {what}?", err=True):
-        raise typer.Exit(1)
+    confirm(f"Remove {what}?", yes)
     bases.remove_base(store, name)
     out.print(f"removed {what}")
     err.print("free the disk space with `sepme store prune`")
 
 
 @app.command("use")
-def use(name: Annotated[str, typer.Argument(help="Base name.")]) -> None:
+def use(name: BaseArg) -> None:
     """Make NAME the default base for later commands."""
     info = bases.use_base(open_store(), name)
     out.print(f"default base: {info.name}")

@@ -6,11 +6,25 @@ from typing import Annotated
 
 import typer
 
-from sepme_cli._params import BaseOpt, JsonOpt, open_store
-from sepme_cli._render import out, print_json, table
+from sepme_cli._complete import complete_concept, complete_variant
+from sepme_cli._params import (
+    BaseOpt,
+    DryRunOpt,
+    ForceOpt,
+    JsonOpt,
+    VariantArg,
+    YesOpt,
+    confirm,
+    open_store,
+)
+from sepme_cli._render import err, out, print_json, table
 from sepme_engine import compose as engine
 
 app = typer.Typer()
+variants_app = typer.Typer(
+    help="Saved variants (named compositions): list, remove, rename.",
+    invoke_without_command=True,
+)
 
 
 @app.command("compose")
@@ -18,17 +32,31 @@ def compose(
     base: BaseOpt = None,
     erase: Annotated[
         list[str] | None,
-        typer.Option("--erase", help="Concepts to add (comma-separated or repeated)."),
+        typer.Option(
+            "--erase",
+            help="Concepts to add (comma-separated or repeated).",
+            autocompletion=complete_concept,
+        ),
     ] = None,
     restore: Annotated[
-        list[str] | None, typer.Option("--restore", help="Concepts to drop (restore).")
+        list[str] | None,
+        typer.Option(
+            "--restore", help="Concepts to drop (restore).", autocompletion=complete_concept
+        ),
     ] = None,
     from_variant: Annotated[
-        str | None, typer.Option("--from", help="Start from this saved variant.")
+        str | None,
+        typer.Option(
+            "--from", help="Start from this saved variant.", autocompletion=complete_variant
+        ),
     ] = None,
     name: Annotated[
-        str | None, typer.Option("--name", help="Also save the result as this variant.")
+        str | None,
+        typer.Option("--name", help="Also save the result as this variant (new, or --force)."),
     ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace an existing variant of that --name.")
+    ] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Change the base's active composition (erase = add, restore = drop) and print it."""
@@ -39,6 +67,7 @@ def compose(
         restore=restore or [],
         from_variant=from_variant,
         name=name,
+        force=force,
     )
     if json_out:
         print_json(result.to_json())
@@ -52,9 +81,7 @@ def compose(
         out.print(f"  saved as variant {result.saved_as}")
 
 
-@app.command("variants")
-def variants(base: BaseOpt = None, json_out: JsonOpt = False) -> None:
-    """List the base's saved variants."""
+def _list_variants(base: str | None, json_out: bool) -> None:
     items = engine.list_variants(open_store(), base)
     if json_out:
         print_json([v.to_json() for v in items])
@@ -66,3 +93,62 @@ def variants(base: BaseOpt = None, json_out: JsonOpt = False) -> None:
             [(v.name, ", ".join(v.active), v.created) for v in items],
         )
     )
+    if not items:
+        err.print("none yet: save one with `sepme compose --erase NAME --name VARIANT`")
+
+
+@variants_app.callback()
+def variants(ctx: typer.Context, base: BaseOpt = None, json_out: JsonOpt = False) -> None:
+    """List the base's saved variants (or `rm`/`mv` one)."""
+    if ctx.invoked_subcommand is None:
+        _list_variants(base, json_out)
+
+
+@variants_app.command("list")
+def list_(base: BaseOpt = None, json_out: JsonOpt = False) -> None:
+    """List the base's saved variants."""
+    _list_variants(base, json_out)
+
+
+variants_app.command("ls", hidden=True, help="Alias of `list`.")(list_)
+
+
+@variants_app.command("rm")
+def rm(
+    name: VariantArg,
+    base: BaseOpt = None,
+    dry_run: DryRunOpt = False,
+    yes: YesOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Remove a saved variant (its increments stay in the store)."""
+    store = open_store()
+    v = engine.remove_variant(store, base, name, dry_run=True)
+    what = f"variant {v.name} of {v.base} (erased {', '.join(v.active) or 'nothing'})"
+    if dry_run:
+        out.print(f"would remove {what}")
+        return
+    confirm(f"Remove {what}?", yes)
+    engine.remove_variant(store, base, v.name)
+    if json_out:
+        print_json({"removed": v.to_json()})
+        return
+    out.print(f"removed {what}")
+
+
+@variants_app.command("mv")
+def mv(
+    old: Annotated[
+        str, typer.Argument(help="Current variant name.", autocompletion=complete_variant)
+    ],
+    new: Annotated[str, typer.Argument(help="New variant name.")],
+    base: BaseOpt = None,
+    force: ForceOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Rename a saved variant (refuses to replace another without --force)."""
+    v = engine.rename_variant(open_store(), base, old, new, force=force)
+    if json_out:
+        print_json(v.to_json())
+        return
+    out.print(f"renamed variant {old} to {v.name} on {v.base}")

@@ -7,7 +7,16 @@ from typing import Annotated, Any
 
 import typer
 
-from sepme_cli._params import BaseOpt, DryRunOpt, ForceOpt, JsonOpt, YesOpt, open_store
+from sepme_cli._params import (
+    BaseOpt,
+    ConceptArg,
+    DryRunOpt,
+    ForceOpt,
+    JsonOpt,
+    YesOpt,
+    confirm,
+    open_store,
+)
 from sepme_cli._render import err, out, print_json, table
 
 app = typer.Typer()
@@ -204,6 +213,7 @@ def list_(base: BaseOpt = None, json_out: JsonOpt = False) -> None:
             f"increments on {info.name}",
             ["concept", "prompt", "active", "method", "‖ΔW‖", "iterations", "stop", "created"],
             rows,
+            drop=["created", "prompt", "method", "stop", "iterations"],
         )
     )
     if not incs:
@@ -215,7 +225,7 @@ app.command("ls", hidden=True, help="Alias of `list`.")(list_)
 
 @app.command("show")
 def show(
-    concept: Annotated[str, typer.Argument(help="Concept name.")],
+    concept: ConceptArg,
     base: BaseOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -249,7 +259,7 @@ def show(
 
 @app.command("rm")
 def rm(
-    concept: Annotated[str, typer.Argument(help="Concept name.")],
+    concept: ConceptArg,
     base: BaseOpt = None,
     dry_run: DryRunOpt = False,
     yes: YesOpt = False,
@@ -264,7 +274,6 @@ def rm(
     if dry_run:
         out.print(f"would remove increment {concept} from {name}")
         return
-    if not yes and not typer.confirm(f"Remove increment {concept} from {name}?", err=True):
-        raise typer.Exit(1)
+    confirm(f"Remove increment {concept} from {name}?", yes)
     remove_increment(store, name, concept)
     out.print(f"removed increment {concept} from {name}")

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from sepme_cli._complete import complete_concept, complete_format, complete_variant
 from sepme_cli._params import BaseOpt, ForceOpt, JsonOpt, open_store
 from sepme_cli._render import err, human_size, out, print_json, step_progress
 
@@ -20,14 +21,27 @@ def export(
     ],
     base: BaseOpt = None,
     variant: Annotated[
-        str | None, typer.Option("--variant", help="Export this saved variant.")
+        str | None,
+        typer.Option(
+            "--variant", help="Export this saved variant.", autocompletion=complete_variant
+        ),
     ] = None,
     erase: Annotated[
-        list[str] | None, typer.Option("--erase", help="Export these increments (comma-separated).")
+        list[str] | None,
+        typer.Option(
+            "--erase",
+            help="Export these increments (comma-separated).",
+            autocompletion=complete_concept,
+        ),
     ] = None,
     fmt: Annotated[
         str | None,
-        typer.Option("--format", help="ldm (default for .safetensors), diffusers or lora."),
+        typer.Option(
+            "--format",
+            help="ldm (the default for .safetensors), diffusers (the default for a folder) "
+            "or lora; .ckpt/.pt are refused (sepme writes no pickles).",
+            autocompletion=complete_format,
+        ),
     ] = None,
     dtype: Annotated[str, typer.Option(help="fp16, bf16 or fp32.")] = "fp16",
     rank: Annotated[

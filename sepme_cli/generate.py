@@ -7,15 +7,12 @@ from typing import Annotated, Any
 
 import typer
 
-from sepme_cli._params import BaseOpt, JsonOpt, open_store
-from sepme_cli._render import err, out, print_json, table
+from sepme_cli._params import BaseOpt, EraseListOpt, JsonOpt, VariantOpt, open_store
+from sepme_cli._render import counted_progress, err, out, print_json, table
 
 app = typer.Typer()
 
-VariantOpt = Annotated[str | None, typer.Option("--variant", help="Use this saved variant.")]
-EraseOpt = Annotated[
-    list[str] | None, typer.Option("--erase", help="Use these increments (comma-separated).")
-]
+EraseOpt = EraseListOpt
 PlainOpt = Annotated[bool, typer.Option("--plain", help="The bare base, no increments.")]
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
 
@@ -32,7 +29,11 @@ def generate(
         float | None, typer.Option(help="Guidance scale (default per base).")
     ] = None,
     compare: Annotated[
-        bool, typer.Option("--compare", help="Base and composition side by side, same seeds.")
+        bool,
+        typer.Option(
+            "--compare",
+            help="Two rows per prompt, same seeds: the bare base's above the composition's.",
+        ),
     ] = False,
     variant: VariantOpt = None,
     erase: EraseOpt = None,
@@ -40,10 +41,13 @@ def generate(
     device: DeviceOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Render a labelled grid with the base's active composition (or a variant / --erase list)."""
+    """Render a labelled grid with the base's active composition (or a variant / --erase list).
+
+    One row per prompt, N images across (seeds SEED … SEED+N-1); with --compare each prompt gets
+    the bare base's row, then the composition's row below it, same seeds."""
     from sepme_engine.preview import generate as run
 
-    with err.status("generating…"):
+    with counted_progress("generating", "img") as progress:
         report = run(
             open_store(),
             prompts,
@@ -58,11 +62,17 @@ def generate(
             erase=erase,
             plain=plain,
             device=device,
+            progress=progress,
         )
     if json_out:
         print_json(report.to_json())
         return
     out.print(report.path)
+    for prompt, tokens, limit in report.truncated:
+        err.print(
+            f"[yellow]warning:[/] {prompt!r} is {tokens} tokens; {report.base} reads {limit} "
+            "(with start/end): the rest had no effect"
+        )
     err.print(
         f"{report.base}, erased: {', '.join(report.erased) or 'nothing'}; {report.steps} steps, guidance {report.guidance}"
     )
@@ -72,11 +82,40 @@ def _pct(v: Any) -> str:
     return "" if v is None else f"{100 * v:.1f}"
 
 
+def _eval_rows(report: Any, base_report: Any | None) -> list[tuple[str, ...]]:
+    from sepme_engine.toy.world import CONCEPTS, axis_of
+
+    rows = []
+    for c in CONCEPTS:
+        full, bare, chance = report.full.get(c), report.bare.get(c), report.chance.get(c)
+        lift = None if bare is None or chance is None else bare - chance
+        row = [c, axis_of(c), _pct(full), _pct(bare), _pct(chance), _points(lift)]
+        if base_report is not None:
+            b_full, b_bare = base_report.full.get(c), base_report.bare.get(c)
+            row += [
+                _points(None if full is None or b_full is None else full - b_full),
+                _points(None if bare is None or b_bare is None else bare - b_bare),
+            ]
+        rows.append(tuple(row))
+    return rows
+
+
+def _points(v: Any) -> str:
+    return "" if v is None else f"{100 * v:+.1f}"
+
+
 @app.command("eval")
 def eval_(
     base: BaseOpt = None,
     n: Annotated[int, typer.Option("--n", help="Samples per prompt.")] = 8,
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    compare: Annotated[
+        bool,
+        typer.Option(
+            "--compare",
+            help="Also judge the bare base (same seeds) and show the change in points.",
+        ),
+    ] = False,
     variant: VariantOpt = None,
     erase: EraseOpt = None,
     plain: PlainOpt = False,
@@ -86,8 +125,8 @@ def eval_(
     """Judge the toy world's fixed prompt set: per-concept accuracy, chance and lift."""
     from sepme_engine.preview import evaluate_base
 
-    with err.status("generating and judging the toy prompt set…"):
-        erased, report = evaluate_base(
+    with counted_progress("sampling and judging", "img") as progress:
+        res = evaluate_base(
             open_store(),
             base=base,
             n_per_prompt=n,
@@ -96,46 +135,30 @@ def eval_(
             erase=erase,
             plain=plain,
             device=device,
+            compare=compare,
+            progress=progress,
         )
-    from sepme_engine.toy.world import CONCEPTS, axis_of
-
+    report = res.report
     data = report.to_dict()
-    data["erased"] = list(erased)
+    data["erased"] = list(res.erased)
+    if res.base_report is not None:
+        data["base"] = res.base_report.to_dict()
     if json_out:
         print_json(data)
         return
-    rows = []
-    for c in CONCEPTS:
-        full, bare, chance = report.full.get(c), report.bare.get(c), report.chance.get(c)
-        lift = None if bare is None or chance is None else bare - chance
-        rows.append(
-            (
-                c,
-                axis_of(c),
-                _pct(full),
-                _pct(bare),
-                _pct(chance),
-                "" if lift is None else f"{100 * lift:+.1f}",
-            )
-        )
     title = (
-        f"toy world, erased: {', '.join(erased) or 'nothing'} — {report.n_per_prompt} samples/prompt, "
-        f"{report.sampler} {report.steps} steps, guidance {report.guidance}"
+        f"toy world, erased: {', '.join(res.erased) or 'nothing'} — {report.n_per_prompt} "
+        f"samples/prompt, {report.sampler} {report.steps} steps, guidance {report.guidance}"
     )
-    out.print(
-        table(
-            title,
-            [
-                "concept",
-                "axis",
-                "full prompts %",
-                "bare prompt %",
-                "chance %",
-                "bare lift (points)",
-            ],
-            rows,
-        )
-    )
+    columns = ["concept", "axis", "full %", "bare %", "chance %", "bare lift"]
+    if res.base_report is not None:
+        columns += ["Δ full vs base", "Δ bare vs base"]
+    out.print(table(title, columns, _eval_rows(report, res.base_report), drop=["axis"]))
     err.print(
-        f"all three axes right on full prompts: {100 * report.all_correct:.1f}% ({report.seconds:.0f}s)"
+        "full/bare %: judged right on full prompts / the one-word prompt; lift and Δ in points"
     )
+    line = f"all three axes right on full prompts: {100 * report.all_correct:.1f}%"
+    if res.base_report is not None:
+        line += f" (base: {100 * res.base_report.all_correct:.1f}%)"
+    seconds = report.seconds + (res.base_report.seconds if res.base_report is not None else 0)
+    err.print(f"{line} ({seconds:.0f}s)")

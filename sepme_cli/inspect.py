@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from sepme_cli._complete import complete_concept
 from sepme_cli._params import BaseOpt, JsonOpt, open_store
 from sepme_cli._render import err, out, print_json, table
 
@@ -16,7 +17,10 @@ app = typer.Typer()
 @app.command("inspect")
 def inspect(
     concepts: Annotated[
-        list[str] | None, typer.Argument(help="Increments to inspect (default: all).")
+        list[str] | None,
+        typer.Argument(
+            help="Increments to inspect (default: all).", autocompletion=complete_concept
+        ),
     ] = None,
     base: BaseOpt = None,
     layers: Annotated[
@@ -56,6 +60,7 @@ def inspect(
             f"increments on {report.base}",
             ["concept", "method", "‖ΔW‖", "‖ΔW‖/‖W‖", "to_k", "to_v", "m", "iterations", "stop"],
             rows,
+            drop=["stop", "iterations", "to_k", "to_v", "method", "m"],
         )
     )
     if layers:
@@ -80,7 +85,7 @@ def inspect(
     )
     out.print(
         table(
-            "decoupling residual R[i][j] = max_layer ‖ΔW_i e(c_j)ᵀ‖/‖W e(c_j)ᵀ‖ (row i changes column j)",
+            "decoupling residual R (row i changes column j)",
             ["", *names],
             [
                 (n, *[f"{v:.1e}" for v in row])
@@ -88,3 +93,4 @@ def inspect(
             ],
         )
     )
+    err.print("R[i][j] = max over layers of ‖ΔW_i e(c_j)ᵀ‖ / ‖W e(c_j)ᵀ‖")

@@ -70,7 +70,32 @@ def prune(dry_run: DryRunOpt = False, json_out: JsonOpt = False) -> None:
     out.print(f"{verb} {len(report.removed)} item(s), {human_size(report.bytes_freed)}")
 
 
-@config_app.command("show")
+def _value(v: object) -> str:
+    if isinstance(v, list):
+        return ", ".join(repr(x) for x in v) if v else "(none)"
+    return str(v)
+
+
+def _source(source: str, path: str) -> str:
+    """`config.toml:12` for a line of the file (its full path is printed above the table)."""
+    return "config.toml" + source[len(path) :] if source.startswith(path) else source
+
+
+def _show_help() -> str:
+    from rich.markup import escape
+
+    from sepme_engine.config import config_help
+
+    lines = config_help().splitlines()
+    return (
+        "Print the effective settings and where each one comes from.\n\n"
+        "Settings are read from config.toml in the store root (`sepme store path`); command-line "
+        "options override them. Keys, with an example each (docs/config.md has more):\n\n"
+        + "\n".join(escape(line) for line in lines)
+    )
+
+
+@config_app.command("show", help=_show_help())
 def show(json_out: JsonOpt = False) -> None:
     """Print the effective settings and where each one comes from."""
     from sepme_engine.config import load_config
@@ -86,8 +111,5 @@ def show(json_out: JsonOpt = False) -> None:
         )
         return
     err.print(f"config file: {cfg.path}" + ("" if cfg.exists else " (absent: built-in defaults)"))
-    out.print(
-        table(
-            None, ["setting", "value", "from"], [(s.key, s.value, s.source) for s in cfg.settings]
-        )
-    )
+    rows = [(s.key, _value(s.value), _source(s.source, cfg.path)) for s in cfg.settings]
+    out.print(table(None, ["setting", "value", "from"], rows))

@@ -185,7 +185,14 @@ def _info_from_manifest(data: dict[str, Any], default: str) -> BaseInfo:
 
 
 def default_base_name(store: Store) -> str:
-    return str(store.read_state().get("default_base") or TOY)
+    """`sepme base use`'s choice, else `default_base` in config.toml, else the toy base."""
+    chosen = store.read_state().get("default_base")
+    if not chosen:
+        from sepme_engine.config import load_config
+
+        cfg = load_config(store.root)
+        chosen = next((s.value for s in cfg.settings if s.key == "default_base"), None)
+    return str(chosen or TOY)
 
 
 def list_bases(store: Store) -> list[BaseInfo]:
@@ -198,23 +205,28 @@ def list_bases(store: Store) -> list[BaseInfo]:
     return out
 
 
-def not_found_base(name: str) -> NotFound:
+def not_found_base(name: str, have: list[str] | None = None) -> NotFound:
+    from sepme_engine.names import did_you_mean, quote
+
+    q = quote(name)
     if name in KNOWN_BASES:
-        hint = f"add it with `sepme base add {name}` (downloads {KNOWN_BASES[name]}) or `sepme base add {name} PATH`"
+        hint = f"add it with `sepme base add {q}` (downloads {KNOWN_BASES[name]}) or `sepme base add {q} PATH`"
     else:
-        hint = (
-            f"add one with `sepme base add {name} PATH`; `sepme base list` shows the bases you have"
-        )
-    return NotFound(f"no base {name!r} in the store", hint=hint)
+        hint = f"add one with `sepme base add {q} PATH`; `sepme base list` shows the bases you have"
+    close = did_you_mean(name.strip().lower(), have or [])
+    return NotFound(f"no base {name!r} in the store", hint=f"{close} {hint}" if close else hint)
 
 
 def get_base(store: Store, name: str | None = None) -> BaseInfo:
     default = default_base_name(store)
     name = name or default
-    if name == TOY and toy_available():
+    if name.strip().lower() == TOY and toy_available():
         return _toy_info(default)
+    if not store.has_manifest("bases", name) and store.has_manifest("bases", name.strip().lower()):
+        name = name.strip().lower()  # names are stored lowercase: `--base SD15` is sd15
     if not store.has_manifest("bases", name):
-        raise not_found_base(name)
+        have = ([TOY] if toy_available() else []) + list(store.list_manifests("bases"))
+        raise not_found_base(name, have)
     return _info_from_manifest(store.read_manifest("bases", name), default)
 
 

@@ -13,14 +13,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from sepme_engine.bases import BaseInfo, get_base, now_iso
-from sepme_engine.errors import InvalidInput, NotFound
+from sepme_engine.errors import AlreadyExists, InvalidInput, NotFound
 from sepme_engine.increments import (
     active_set,
+    concept_name,
     get_increment,
     list_increments,
     load_increment,
+    resolve_concept,
     set_active,
 )
+from sepme_engine.names import did_you_mean, quote
 from sepme_engine.store import Store, validate_name
 
 
@@ -58,6 +61,17 @@ class VariantInfo:
         }
 
 
+def _stored_name(store: Store, base: str, text: str) -> str:
+    """`text` as stored: itself if an increment has that name, else its slug (if it has one)."""
+    try:
+        return resolve_concept(store, base, text)
+    except NotFound:
+        try:
+            return concept_name(text)
+        except InvalidInput:
+            return text
+
+
 def _split(items: Sequence[str]) -> list[str]:
     out: list[str] = []
     for item in items:
@@ -65,15 +79,61 @@ def _split(items: Sequence[str]) -> list[str]:
     return out
 
 
+def _variant_names(store: Store, base: str) -> list[str]:
+    return [k.split("/", 1)[1] for k in store.list_manifests("variants", base)]
+
+
+def resolve_variant(store: Store, base: str, name: str) -> str:
+    """The stored variant `name` names (as given, else lowercased); NotFound with suggestions."""
+    for cand in (name, name.strip().lower()):
+        if cand and store.has_manifest("variants", f"{base}/{cand}"):
+            return cand
+    close = did_you_mean(name.strip().lower(), _variant_names(store, base))
+    raise NotFound(
+        f"no variant {name!r} on base {base!r}",
+        hint=(close + " " if close else "") + f"`sepme variants --base {quote(base)}` lists them; "
+        "save one with `sepme compose --name NAME`",
+    )
+
+
 def get_variant(store: Store, base: str, name: str) -> VariantInfo:
-    key = f"{base}/{name}"
-    if not store.has_manifest("variants", key):
-        raise NotFound(
-            f"no variant {name!r} on base {base!r}",
-            hint="`sepme variants` lists them; save one with `sepme compose --name NAME`",
-        )
-    data = store.read_manifest("variants", key)
+    name = resolve_variant(store, base, name)
+    data = store.read_manifest("variants", f"{base}/{name}")
     return VariantInfo(base, name, tuple(data.get("active", [])), data.get("created", ""))
+
+
+def remove_variant(
+    store: Store, base: str | None, name: str, *, dry_run: bool = False
+) -> VariantInfo:
+    """Delete a saved variant (its increments stay)."""
+    info = get_base(store, base)
+    variant = get_variant(store, info.name, name)
+    if not dry_run:
+        with store.locked():
+            store.delete_manifest("variants", f"{info.name}/{variant.name}")
+    return variant
+
+
+def rename_variant(
+    store: Store, base: str | None, old: str, new: str, *, force: bool = False
+) -> VariantInfo:
+    """Rename a saved variant; refuse to replace an existing one unless `force`."""
+    info = get_base(store, base)
+    variant = get_variant(store, info.name, old)
+    validate_name(new, "variant name")
+    if new == variant.name:
+        return variant
+    with store.locked():
+        if store.has_manifest("variants", f"{info.name}/{new}") and not force:
+            raise AlreadyExists(
+                f"variant {new!r} exists on base {info.name!r}",
+                hint=f"pass --force to replace it, or choose another name "
+                f"(`sepme variants rm {quote(new)}` removes it)",
+            )
+        data = store.read_manifest("variants", f"{info.name}/{variant.name}")
+        store.write_manifest("variants", f"{info.name}/{new}", data)
+        store.delete_manifest("variants", f"{info.name}/{variant.name}")
+    return VariantInfo(info.name, new, variant.active, variant.created)
 
 
 def list_variants(store: Store, base: str | None = None) -> list[VariantInfo]:
@@ -92,20 +152,27 @@ def compose(
     restore: Sequence[str] = (),
     from_variant: str | None = None,
     name: str | None = None,
+    force: bool = False,
 ) -> CompositionResult:
     """Change the active composition: start from the current one (or a variant), add `erase`,
-    drop `restore`; optionally save the result as variant `name`."""
+    drop `restore`; optionally save the result as variant `name` (an existing one only with
+    `force`). Concept names are looked up as `erase` stores them ('Red' -> 'red')."""
     info = get_base(store, base)
-    erase_l, restore_l = _split(erase), _split(restore)
+    erase_l = [resolve_concept(store, info.name, c) for c in _split(erase)]  # NotFound + hint
+    restore_l = [_stored_name(store, info.name, c) for c in _split(restore)]
     both = sorted(set(erase_l) & set(restore_l))
     if both:
         raise InvalidInput(
             f"{', '.join(both)} given to both --erase and --restore", hint="name each concept once"
         )
-    for concept in erase_l:
-        get_increment(store, info.name, concept)  # NotFound with a hint
     if name is not None:
         validate_name(name, "variant name")
+        if store.has_manifest("variants", f"{info.name}/{name}") and not force:
+            raise AlreadyExists(
+                f"variant {name!r} exists on base {info.name!r}",
+                hint="pass --force to replace it, or choose another --name "
+                f"(`sepme variants rm {quote(name)}` removes it)",
+            )
     with store.locked():
         before = set(active_set(store, info.name))
         start = (
@@ -113,9 +180,11 @@ def compose(
         )
         unknown = [c for c in restore_l if c not in start]
         if unknown:
+            close = did_you_mean(unknown[0], start)
             raise InvalidInput(
                 f"{', '.join(unknown)} is not erased on base {info.name!r}",
-                hint=f"active now: {', '.join(sorted(start)) or 'none'}",
+                hint=(close + " " if close else "")
+                + f"active now: {', '.join(sorted(start)) or 'none'}",
             )
         after = (start | set(erase_l)) - set(restore_l)
         set_active(store, info.name, sorted(after))
@@ -148,9 +217,7 @@ def selection(
     if variant:
         names = list(get_variant(store, base.name, variant).active)
     elif erase:
-        names = _split(erase)
-        for concept in names:
-            get_increment(store, base.name, concept)
+        names = [resolve_concept(store, base.name, c) for c in _split(erase)]
     else:
         names = active_set(store, base.name)
     return tuple(sorted(set(names)))

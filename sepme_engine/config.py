@@ -40,7 +40,48 @@ ERASE_KEYS: dict[str, type] = {
     "seed": int,
     "preserve": list,  # of prompts
 }
+# One line per key, with an example value: `sepme config show --help` and docs/config.md (a test
+# checks that both name every key).
+KEY_DOCS: dict[str, tuple[str, str]] = {
+    "device": ('"auto"', "where to run: auto (a GPU if there is one), cpu, cuda, mps"),
+    "dtype": ('"auto"', "frozen weights on a GPU: auto, fp32, fp16, bf16"),
+    "default_base": (
+        '"sd15"',
+        "the base used without --base, unless `sepme base use` chose one (else the toy base)",
+    ),
+    "steps": ("1000", "SepME: iteration cap"),
+    "lr": ("0.01", "SepME: Adam learning rate on the coefficients"),
+    "tau": ("0.0", "SepME: early stop once the momentum m_n of L_cor drops below τ"),
+    "lam": ("3e-5", "SepME: L1 weight λ on the coefficients"),
+    "beta": ("1e-4", "SepME: coefficient scale β"),
+    "alpha": ("0.9", "SepME: momentum factor α of the stopping statistic"),
+    "images": ("16", "training images sampled from the concept prompt"),
+    "image_steps": ("25", "sampler steps per training image"),
+    "image_guidance": ("7.5", "guidance scale of the training images"),
+    "batch_size": ("1", "samples per iteration (L_cor averaged over them)"),
+    "seed": ("0", "random seed of the training images and the iterations"),
+    "preserve": (
+        '["a photo", "a painting"]',
+        "default preserve prompts added to every increment's E_k (toy: its 13 concepts)",
+    ),
+}
 ARCHES = ("toy", "sd1", "sd2", "sd2-v")
+
+
+def config_help() -> str:
+    """The keys of config.toml, each with an example: `sepme config show --help`."""
+    top = [f"{k} = {KEY_DOCS[k][0]}  # {KEY_DOCS[k][1]}" for k in TOP_KEYS]
+    erase = [f"{k} = {KEY_DOCS[k][0]}  # {KEY_DOCS[k][1]}" for k in ERASE_KEYS]
+    return "\n".join(
+        [
+            "$SEPME_HOME/config.toml (every key optional):",
+            *top,
+            "[erase]  # for every base; [erase.ARCH] for one architecture: " + ", ".join(ARCHES),
+            *erase,
+        ]
+    )
+
+
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "fp32", "fp16", "bf16")
 
@@ -126,6 +167,12 @@ def _line_of(text: str, section: str, key: str) -> int:
             continue
         if current == section and stripped.split("=", 1)[0].strip() == key:
             return i
+    # a sub-table: `[erase.sd15]` is key "sd15" of section "erase"
+    header = f"{section}.{key}" if section else key
+    for i, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        if stripped.startswith("[") and stripped.strip("[]").strip() == header:
+            return i
     return 0
 
 
@@ -189,6 +236,12 @@ def load_config(root: Path) -> EffectiveConfig:
         if key in ARCHES and isinstance(value, dict):
             continue
         if key not in ERASE_KEYS:
+            if isinstance(value, dict):  # [erase.NAME] with a NAME that is not an architecture
+                raise ConfigError(
+                    f"{path}:{_line_of(text, 'erase', key)}: [erase.{key}] is not an architecture",
+                    hint=f"[erase.ARCH] takes one of {', '.join(ARCHES)} "
+                    "(SD 1.x bases are sd1, SD 2.x sd2, SD 2.x v-prediction sd2-v)",
+                )
             raise ConfigError(
                 f"{path}:{_line_of(text, 'erase', key)}: unknown erase setting {key!r}",
                 hint=f"known: {', '.join(sorted(ERASE_KEYS))} or a [erase.ARCH] table ({', '.join(ARCHES)})",

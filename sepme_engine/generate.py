@@ -8,7 +8,7 @@ torch, diffusers and PIL are imported inside the functions.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,16 @@ def _image_seeds(prompts: Sequence[str], seeds: Sequence[int] | int, n: int) -> 
     )
 
 
+def _step_reporter(progress: Callable[[float], None], per_step: float) -> Any:
+    """A diffusers `callback_on_step_end` that reports `per_step` images done each step."""
+
+    def on_step(_pipe: Any, _i: int, _t: Any, kwargs: dict[str, Any]) -> Any:
+        progress(per_step)
+        return kwargs
+
+    return on_step
+
+
 def sample_images(
     pipe: Any,
     prompts: Sequence[str],
@@ -44,11 +54,14 @@ def sample_images(
     height: int | None = None,
     width: int | None = None,
     negative_prompt: str | None = None,
+    progress: Callable[[float], None] | None = None,
 ) -> np.ndarray:
     """Generate `n` images per prompt: float32 array (len(prompts)·n, H, W, 3) in [0, 1].
 
     Row i*n + j is prompt i, sample j, drawn from a CPU generator seeded with `seed + j` (int
     `seeds`) or `seeds[j]`. Works with any diffusers StableDiffusionPipeline.
+    `progress(k)` is called after each denoising step with the images completed since the last
+    call (fractions of a batch), adding up to len(prompts)·n.
     """
     import torch
 
@@ -63,9 +76,15 @@ def sample_images(
         pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     out: list[np.ndarray] = []
-    with torch.no_grad():
+    from sepme_engine._hflog import quiet_hf_logs
+
+    # diffusers logs the cut-off words of a long prompt; `prompt_overflow` says it in sepme's words
+    with torch.no_grad(), quiet_hf_logs():
         for start in range(0, len(flat), batch_size):
             chunk = flat[start : start + batch_size]
+            extra: dict[str, Any] = {}
+            if progress is not None:
+                extra["callback_on_step_end"] = _step_reporter(progress, len(chunk) / steps)
             gens = [
                 torch.Generator("cpu").manual_seed(s)
                 for s in image_seeds[start : start + batch_size]
@@ -79,9 +98,26 @@ def sample_images(
                 height=height,
                 width=width,
                 negative_prompt=[negative_prompt] * len(chunk) if negative_prompt else None,
+                **extra,
             )
             out.append(np.asarray(res.images, dtype=np.float32))
     return np.clip(np.concatenate(out), 0.0, 1.0)
+
+
+def prompt_overflow(pipe: Any, prompts: Sequence[str]) -> list[tuple[str, int, int]]:
+    """(prompt, tokens, limit) for each prompt longer than the text encoder reads (start and end
+    tokens included): the pipeline truncates it, so its tail has no effect."""
+    from sepme_engine._hflog import quiet_hf_logs
+
+    tok = pipe.tokenizer
+    limit = int(tok.model_max_length)
+    found = []
+    with quiet_hf_logs():
+        for p in prompts:
+            n = len(tok(p, truncation=False).input_ids)
+            if n > limit:
+                found.append((p, n, limit))
+    return found
 
 
 def image_grid(

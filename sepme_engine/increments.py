@@ -15,6 +15,7 @@ from typing import Any
 from sepme_engine import __version__
 from sepme_engine.bases import BaseInfo, now_iso
 from sepme_engine.errors import AlreadyExists, BaseMismatch, InvalidInput, NotFound
+from sepme_engine.names import did_you_mean, quote
 from sepme_engine.store import BlobRef, Store, validate_name
 
 
@@ -106,13 +107,30 @@ def list_increments(store: Store, base: str) -> list[IncrementInfo]:
     ]
 
 
+def resolve_concept(store: Store, base: str, text: str) -> str:
+    """The stored name of the concept `text` names on `base`: the name itself, else its slug
+    ('Van Gogh' -> 'van-gogh', as `erase` stores it). NotFound (with "did you mean") if none."""
+    if store.has_manifest("increments", _key(base, text)):
+        return text
+    try:
+        slug = concept_name(text)
+    except InvalidInput:
+        slug = ""
+    if slug and store.has_manifest("increments", _key(base, slug)):
+        return slug
+    names = [k.split("/", 1)[1] for k in store.list_manifests("increments", base)]
+    close = did_you_mean(slug or text, names)
+    create = f"create it with `sepme erase {quote(text)} --base {quote(base)}`"
+    raise NotFound(
+        f"no increment {text!r} on base {base!r}",
+        hint=f"{close} {create}"
+        if close
+        else f"`sepme list --base {quote(base)}` shows them; {create}",
+    )
+
+
 def get_increment(store: Store, base: str, concept: str) -> IncrementInfo:
-    key = _key(base, concept)
-    if not store.has_manifest("increments", key):
-        raise NotFound(
-            f"no increment {concept!r} on base {base!r}",
-            hint=f"`sepme list --base {base}` shows them; create one with `sepme erase {concept} --base {base}`",
-        )
+    key = _key(base, resolve_concept(store, base, concept))
     return _info(store.read_manifest("increments", key), set(active_set(store, base)))
 
 
@@ -144,7 +162,7 @@ def save_increment(
     if store.has_manifest("increments", key) and not force:
         raise AlreadyExists(
             f"increment {concept!r} exists on base {base.name!r}",
-            hint="pass --force to replace it, or `sepme rm " + concept + "` first",
+            hint=f"pass --force to replace it, or `sepme rm {quote(concept)} --base {quote(base.name)}` first",
         )
     meta = {
         "sepme.version": __version__,
@@ -207,6 +225,7 @@ def remove_increment(
     store: Store, base: str, concept: str, *, dry_run: bool = False
 ) -> IncrementInfo:
     info = get_increment(store, base, concept)
+    concept = info.concept
     if not dry_run:
         with store.locked():
             set_active(store, base, [c for c in active_set(store, base) if c != concept])
@@ -238,5 +257,6 @@ def check_binding(info: IncrementInfo, base: BaseInfo) -> None:
         raise BaseMismatch(
             f"increment {info.concept!r} was made for base digest {info.base_digest[:19]}, "
             f"but base {base.name!r} is {base.base_digest[:19]}",
-            hint=f"the base changed since; erase the concept again (`sepme erase {info.concept} --force`)",
+            hint="the base changed since; erase the concept again "
+            f"(`sepme erase {quote(info.concept)} --base {quote(base.name)} --force`)",
         )

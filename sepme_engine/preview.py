@@ -7,7 +7,7 @@ canonical rule (W.float() + D).to(dtype) and removed afterwards.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,9 +33,14 @@ class GenerateReport:
     seed: int
     steps: int
     guidance: float
+    # prompts longer than the base's text encoder reads: (prompt, tokens, limit); their tail
+    # was cut off by the pipeline
+    truncated: tuple[tuple[str, int, int], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        data = dict(self.__dict__)
+        data["truncated"] = [{"prompt": p, "tokens": n, "limit": k} for p, n, k in self.truncated]
+        return data
 
 
 def sampling_defaults(info: BaseInfo) -> tuple[int, float]:
@@ -82,11 +87,13 @@ def generate(
     erase: Sequence[str] | None = None,
     plain: bool = False,
     device: str | None = None,
+    progress: Callable[[float, int], None] | None = None,
 ) -> GenerateReport:
-    """Render a labelled grid: one row per prompt (two with --compare: base, then composition)."""
+    """Render a labelled grid: one row per prompt (two with --compare: the base's row above the
+    composition's). `progress(done, total)` counts images, updated every denoising step."""
     import numpy as np
 
-    from sepme_engine.generate import image_grid, sample_images
+    from sepme_engine.generate import image_grid, prompt_overflow, sample_images
     from sepme_engine.store.atomic import atomic_open
 
     if not prompts or any(not p.strip() for p in prompts):
@@ -106,14 +113,24 @@ def generate(
     guidance = d_guidance if guidance is None else guidance
     dev = resolve_device(device or load_config(store.root).get("device"))
     pipe = load_base(store, info.name, device=str(dev))
+    truncated = tuple(prompt_overflow(pipe, prompts))
     rows: list[np.ndarray] = []
     labels: list[str] = []
+    step = _counter(progress, len(prompts) * n * (2 if compare else 1))
     for prompt in prompts:
         if compare:
-            rows.append(sample_images(pipe, [prompt], seed, n, steps, guidance, device=str(dev)))
+            rows.append(
+                sample_images(
+                    pipe, [prompt], seed, n, steps, guidance, device=str(dev), progress=step
+                )
+            )
             labels.append(f"base: {prompt}")
         with composed(store, info, pipe, names):
-            rows.append(sample_images(pipe, [prompt], seed, n, steps, guidance, device=str(dev)))
+            rows.append(
+                sample_images(
+                    pipe, [prompt], seed, n, steps, guidance, device=str(dev), progress=step
+                )
+            )
         tag = ("-" + ",".join(names)) if names else ""
         labels.append(f"{'erased' + tag if compare or names else 'base'}: {prompt}")
     images = np.concatenate(rows)
@@ -121,9 +138,47 @@ def generate(
     fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}.get(out.suffix.lower(), "PNG")
     with atomic_open(out) as fh:
         grid.save(fh, format=fmt)
+        _user_file_mode(fh)
     return GenerateReport(
-        info.name, str(out), tuple(prompts), names, compare, n, seed, steps, guidance
+        info.name, str(out), tuple(prompts), names, compare, n, seed, steps, guidance, truncated
     )
+
+
+def _counter(
+    progress: Callable[[float, int], None] | None, total: int
+) -> Callable[[float], None] | None:
+    """Turn per-step increments into progress(done, total) calls."""
+    if progress is None:
+        return None
+    done = 0.0
+    progress(0, total)
+
+    def step(k: float) -> None:
+        nonlocal done
+        done = min(float(total), done + k)
+        progress(done, total)
+
+    return step
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """`sepme eval`: the toy judge's report for the composition, and for the bare base with
+    the same seeds when compared (`base_report`)."""
+
+    erased: tuple[str, ...]
+    report: Any  # toy EvalReport
+    base_report: Any | None = None
+
+
+def _user_file_mode(fh: Any) -> None:
+    """Give a file the user asked for the mode `open()` would (0666 less the umask, like
+    exports), not the 0600 of the store's private temporary files."""
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fh.fileno(), 0o666 & ~umask)
 
 
 def evaluate_base(
@@ -136,22 +191,45 @@ def evaluate_base(
     erase: Sequence[str] | None = None,
     plain: bool = False,
     device: str | None = None,
-) -> tuple[tuple[str, ...], Any]:
-    """(erased concepts, toy EvalReport) for the toy world's fixed prompt set."""
+    compare: bool = False,
+    progress: Callable[[float, int], None] | None = None,
+    prompts: Sequence[str] | None = None,
+    n_blank: int = 64,
+) -> EvalResult:
+    """The toy judge over the toy world's fixed prompt set, with the composition applied (and,
+    with `compare`, once more on the bare base). `progress(done, total)` counts images."""
     info = get_base(store, base)
     if info.profile != TOY:
         raise InvalidInput(
             f"the judge only applies to the toy world; base {info.name!r} is not the toy base",
             hint="use `sepme generate --compare` to look at a real base",
         )
-    from sepme_engine.toy.evaluate import evaluate
+    from sepme_engine.toy.evaluate import eval_image_count, evaluate
 
     names = _select(store, info, variant, erase, plain)
+    if compare and not names:
+        raise InvalidInput(
+            "nothing to compare: no increment is selected, so it would be the base twice",
+            hint="erase a concept first, or pick some with --variant/--erase",
+        )
     dev = resolve_device(device or load_config(store.root).get("device"))
     pipe = load_base(store, info.name, device=str(dev))
     steps, guidance = sampling_defaults(info)
+    n_prompts = None if prompts is None else len(prompts)
+    per_run = eval_image_count(n_per_prompt, n_prompts, n_blank)
+    step = _counter(progress, per_run * (2 if compare else 1))
+    kw: dict[str, Any] = dict(
+        n_per_prompt=n_per_prompt,
+        seed=seed,
+        steps=steps,
+        guidance=guidance,
+        prompts=prompts,
+        n_blank=n_blank,
+        progress=step,
+    )
+    base_report = None
+    if compare:
+        base_report = evaluate(pipe, **kw)
     with composed(store, info, pipe, names):
-        report = evaluate(
-            pipe, n_per_prompt=n_per_prompt, seed=seed, steps=steps, guidance=guidance
-        )
-    return names, report
+        report = evaluate(pipe, **kw)
+    return EvalResult(names, report, base_report)

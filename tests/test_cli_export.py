@@ -15,6 +15,7 @@ from sepme_engine import bases
 from sepme_engine.compose import composition_deltas
 from sepme_engine.store import Store
 from tests._fixtures import save_diffusers, tiny
+from tests._tol import EPS32
 
 runner = CliRunner()
 FAST = ["--steps", "12", "--images", "1", "--lr", "0.1", "--beta", "0.01"]
@@ -105,7 +106,7 @@ def test_export_lora_fuses_to_the_composition(erased_base, store: Store, tmp_pat
     res = run("export", str(out), "--format", "lora", "--dtype", "fp32", "--json")
     assert res.exit_code == 0, res.output
     rep = json.loads(res.stdout)
-    assert rep["relative_error"] < 1e-5
+    assert rep["relative_error"] < 1e-5  # exact factors: float32 round-off, γ_k·√k ≪ 1e-5
     with safe_open(str(out), "pt") as f:
         keys = set(f.keys())
         meta = f.metadata()
@@ -122,7 +123,9 @@ def test_export_lora_fuses_to_the_composition(erased_base, store: Store, tmp_pat
     got = pipe.unet.state_dict()
     for k, w in want.items():
         if ".attn2.to_k" in k or ".attn2.to_v" in k:
-            assert torch.allclose(got[k], w, atol=1e-6, rtol=1e-5), k
+            # fused W + up@down vs (W + ΔW) in float32: each side rounds the add once
+            # (≤ eps32·|W|) and ΔW ≪ W (β-scaled), so 8·eps32·max|W| bounds every element
+            assert torch.allclose(got[k], w, rtol=0, atol=8 * EPS32 * float(w.abs().max())), k
 
     res = run(
         "export", str(tmp_path / "r1.safetensors"), "--format", "lora", "--rank", "1", "--json"

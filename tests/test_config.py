@@ -12,7 +12,9 @@ def test_defaults_without_file(tmp_path: Path) -> None:
     cfg = load_config(tmp_path)
     assert not cfg.exists
     assert cfg.get("device") == "auto"
-    assert cfg.erase("sd1")["lr"] == pytest.approx(1e-2)
+    assert cfg.erase("sd1")["lr"] == pytest.approx(
+        1e-2
+    )  # a parsed literal: equal, approx for style
     assert all(s.source == "default" for s in cfg.settings)
 
 

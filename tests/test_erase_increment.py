@@ -20,6 +20,7 @@ from sepme_engine.errors import (
     SchemaTooNew,
 )
 from tests._tiny import make_tiny_pipeline
+from tests._tol import matmul_bound
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -85,7 +86,10 @@ def test_factored_delta_and_rank() -> None:
     assert inc.rank() == 5
     d = inc.delta(NAMES[1])
     assert d.dtype == torch.float32 and d.shape == (24, 32)
-    assert torch.allclose(d, inc.coefs[NAMES[1]] @ inc.basis, atol=1e-6)
+    ref = inc.coefs[NAMES[1]] @ inc.basis
+    # same float32 product, maybe another kernel: within 2·γ_5·|coefs|@|basis| elementwise
+    gap = (d.double() - ref.double()).abs()
+    assert bool((gap <= 2 * matmul_bound(inc.coefs[NAMES[1]], inc.basis)).all())
     assert int(torch.linalg.matrix_rank(d)) == 5
     dense = Increment.dense({n: inc.delta(n) for n in NAMES})
     assert dense.rank() == 5
@@ -230,8 +234,12 @@ def test_hooks_match_in_place_merge_and_restore_exactly(pipe) -> None:
             d = torch.zeros(w.shape) + incs[0].delta(name) + incs[1].delta(name)
             assert torch.equal(w, saved[name + ".weight"].float() + d)
     assert (hooked - ref).abs().max() > 1e-3
-    assert torch.allclose(hooked, merged, atol=1e-5, rtol=0)
-    assert torch.allclose(hooked_dense, merged, atol=1e-5, rtol=0)
+    # hooked computes x·Wᵀ + x·ΔWᵀ, merged x·(W+ΔW)ᵀ: both float32, differing by γ_K round-off
+    # (K ≤ 64 channels ≈ 4e-6 relative) per layer, compounded through the UNet; scaled by the
+    # output's magnitude rather than a fixed atol
+    tol = 1e-4 * float(merged.abs().max())
+    assert torch.allclose(hooked, merged, atol=tol, rtol=0)
+    assert torch.allclose(hooked_dense, merged, atol=tol, rtol=0)
     for k, v in unet.state_dict().items():
         assert torch.equal(v, saved[k]), k
 

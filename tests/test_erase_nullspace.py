@@ -21,6 +21,8 @@ def _assert_null_basis(E: torch.Tensor, S: torch.Tensor, rank: int) -> None:
     d = E.shape[1]
     assert S.shape == (d - rank, d)
     S = S.double()
+    # S is float32: rounding it moves S·e by ≤ √d·u32·‖e‖ ≈ 3.4e-7·‖E‖ (d = 32); float64
+    # products add nothing visible. 1e-6 is that bound ×3; orthonormality likewise.
     residual = torch.linalg.matrix_norm(E @ S.T, ord=2)
     assert residual <= 1e-6 * torch.linalg.matrix_norm(E, ord=2)
     assert torch.allclose(S @ S.T, torch.eye(S.shape[0], dtype=torch.float64), atol=1e-6)
@@ -36,7 +38,7 @@ def test_null_space_residual_orthonormal_and_dimension(rows: int, rank: int) -> 
     assert numerical_rank(E) == rank
     _assert_null_basis(E, S, rank)
     # A vector in the row space of E is orthogonal to the null space; a null vector is kept.
-    assert (S.double() @ E[0].double()).abs().max() <= 1e-6 * E[0].norm()
+    assert (S.double() @ E[0].double()).abs().max() <= 1e-6 * E[0].norm()  # √d·u32·‖e‖ ×3
 
 
 def test_null_space_tolerance_is_relative() -> None:
@@ -45,7 +47,7 @@ def test_null_space_tolerance_is_relative() -> None:
     s = torch.tensor([1e3, 1.0, 1e-2] + [1e-5] * 29, dtype=torch.float64)
     E = (torch.diag(s) @ u.T)[:4]  # singular values 1e3, 1, 1e-2, 1e-5
     assert null_space(E, rtol=1e-6).shape[0] == 29  # 1e-5 / 1e3 = 1e-8 <= rtol: treated as zero
-    assert null_space(E, rtol=1e-9).shape[0] == 28
+    assert null_space(E, rtol=1e-9).shape[0] == 28  # float64 E: rank cut-off, not a tolerance
     assert null_space(E, rtol=1e-4).shape[0] == 30
     assert null_space(E * 1e6, rtol=1e-6).shape[0] == 29  # invariant to scale
 

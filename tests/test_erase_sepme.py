@@ -114,6 +114,8 @@ def test_decoupling_is_exact_for_preserved_prompts(pipe, latents) -> None:
             hooked_kept, hooked_cat = _predict(pipe, kept), _predict(pipe, ["a cat"])
         with hooks.apply_deltas_inplace(pipe.unet, hooks.sum_deltas([inc])):
             merged_kept = _predict(pipe, kept)
+        # ΔW·e = 0 up to the float32 basis (γ_32·‖ΔW‖‖e‖ ≈ 2e-6 of ΔW's effect, which is
+        # itself ≤ 1e-1·scale): the kept prompts move by float32 round-off only, ≪ 1e-5·scale
         assert (hooked_kept - base_kept).abs().max() <= 1e-5 * scale
         assert (merged_kept - base_kept).abs().max() <= 1e-5 * scale
     # ... while the concept itself moves (the large increment) and a paraphrase is not covered
@@ -155,6 +157,7 @@ def test_guided_generation_of_preserved_prompt_unchanged() -> None:
     ref_dog, ref_cat = gen("a dog"), gen("a cat")
     with hooks.apply_deltas_inplace(pipe.unet, hooks.sum_deltas([big])):
         dog, cat = gen("a dog"), gen("a cat")
+    # three sampler steps with guidance 7.5 amplify the per-step round-off (≤ 1e-5·scale) ~×10
     assert (dog - ref_dog).abs().max() <= 1e-4 * ref_dog.abs().max()
     assert (cat - ref_cat).abs().max() > 1e-2 * ref_cat.abs().max()
 
@@ -242,7 +245,10 @@ def test_generate_training_latents_counts_passes_and_is_seeded() -> None:
     lat1, passes1 = generate_training_latents(pipe, "a cat", 1, 2, 1.0, 4, "cpu")
     assert passes1 == 1 * 2 * 1
     lat2, _ = generate_training_latents(pipe, "a cat", 2, 2, 7.5, 4, "cpu", batch_size=1)
-    assert torch.allclose(lat2, lat[:2], atol=1e-4, rtol=1e-4)  # image i: seed + i only
+    # batch 1 vs batch 2: same numbers, other kernel blocking — float32 round-off through 2
+    # sampler steps and the VAE, ≈ 1e-5 relative; atol scaled by the latents' magnitude
+    scale = float(lat.abs().max())
+    assert torch.allclose(lat2, lat[:2], atol=1e-4 * scale, rtol=1e-4)  # image i: seed + i only
     assert not torch.allclose(lat[0], lat[1])
 
 

@@ -3,6 +3,7 @@ error, and diffusers' load_lora_weights + fuse_lora giving back the composition.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from functools import cache
@@ -18,6 +19,7 @@ from sepme_engine.erase.layers import kv_shapes
 from sepme_engine.errors import AlreadyExists, InvalidInput
 from sepme_engine.export.lora import export_lora, lora_key
 from tests._tiny import make_tiny_pipeline
+from tests._tol import matmul_bound
 
 BETA = 1e-4
 
@@ -65,11 +67,50 @@ def _fused_error(path: Path, incs: dict[str, Increment]) -> tuple[float, float, 
     return math.sqrt(num / den), worst, bound
 
 
+def assert_product_close(up: torch.Tensor, down: torch.Tensor, expected: torch.Tensor) -> None:
+    """up @ down equals `expected` (a sum of factored ΔW) up to float32 round-off.
+
+    Bound: up @ down sums k float32 products after one rounding each of the balancing scale
+    (γ_{k+2}·|up|@|down|); `expected` sums the increments' own shorter products and adds them
+    (≤ γ_{k+2} of the same magnitudes). Any summation order (any SIMD path, any
+    ATEN_CPU_CAPABILITY) stays within 2·γ_{k+2}·|up|@|down|, elementwise."""
+    gap = (up @ down).double() - expected.double()
+    assert bool((gap.abs() <= 2 * matmul_bound(up, down, extra=2)).all()), float(gap.abs().max())
+
+
+def _factors(tmp_path: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    incs = {"van-gogh": _factored(3, 1), "snoopy": _factored(2, 2)}
+    out = tmp_path / "erase.safetensors"
+    export_lora(incs, out, dtype="fp32")
+    name = "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k"
+    with safe_open(str(out), framework="pt") as f:
+        up, down = (f.get_tensor(f"{lora_key(name)}.lora_{s}.weight") for s in ("up", "down"))
+    return up, down, incs["van-gogh"].delta(name) + incs["snoopy"].delta(name)
+
+
+def test_product_tolerance_holds_for_every_summation_order(tmp_path: Path) -> None:
+    # A CPU's SIMD path changes the order of the k = 5 terms. Every order must pass the
+    # assertion the export test makes (the old atol=1e-10 failed 78 of these 120 orders).
+    up, down, expected = _factors(tmp_path)
+    orders = list(itertools.permutations(range(up.shape[1])))
+    assert len(orders) == 120
+    differ = 0
+    for order in orders:
+        acc = torch.zeros_like(expected)
+        for i in order:
+            acc = acc + torch.outer(up[:, i], down[i])
+        gap = (acc.double() - expected.double()).abs()
+        assert bool((gap <= 2 * matmul_bound(up, down, extra=2)).all()), order
+        differ += not torch.equal(acc, up @ down)
+    assert differ > 0  # the orders really do round differently
+
+
 def test_exact_lora_keys_metadata_and_fused_weights(tmp_path: Path) -> None:
     incs = {"van-gogh": _factored(3, 1), "snoopy": _factored(2, 2)}
     out = tmp_path / "erase.safetensors"
     rep = export_lora(incs, out, dtype="fp32", metadata={"sepme.version": "0.1.0"})
     assert rep.format == "lora" and rep.rank == 5  # Σm, no SVD
+    # exact factors: only float32 round-off of 5-term sums, ‖·‖-relative ≤ γ_7 ≈ 4.2e-7 < 1e-6
     assert rep.relative_error is not None and rep.relative_error < 1e-6
     assert rep.max_layer_relative_error is not None and rep.max_layer_relative_error < 1e-6
     assert rep.bytes_written == out.stat().st_size
@@ -93,7 +134,7 @@ def test_exact_lora_keys_metadata_and_fused_weights(tmp_path: Path) -> None:
     assert float(alpha) == 5.0
     # up @ down is the sum of the two increments' ΔW on that layer
     expected = incs["van-gogh"].delta(name) + incs["snoopy"].delta(name)
-    torch.testing.assert_close(up @ down, expected, rtol=1e-5, atol=1e-10)
+    assert_product_close(up, down, expected)
     # balanced factors: neither holds the tiny β scale alone
     assert up.abs().max() < 100 * down.abs().max() and down.abs().max() < 100 * up.abs().max()
     assert meta["ss_network_module"] == "networks.lora"
@@ -114,6 +155,8 @@ def test_fp16_lora_error_is_reported_and_matches_the_file(tmp_path: Path) -> Non
     incs = {"a": _factored(4, 3, scale=0.05 * BETA)}
     rep = export_lora(incs, tmp_path / "h.safetensors", dtype="fp16")
     assert rep.dtype == "fp16"
+    # fp16 factors: relative error ≈ √2·u16 ≈ 7e-4 for each rounded factor's product, at most
+    # γ_6 in fp16 (≈ 3e-3 worst case); well above float32 round-off (1e-5), so it is fp16's
     assert rep.relative_error is not None and 1e-5 < rep.relative_error < 1e-3
     err2 = tot2 = 0.0
     with safe_open(str(rep.path), framework="pt") as f:
@@ -124,6 +167,8 @@ def test_fp16_lora_error_is_reported_and_matches_the_file(tmp_path: Path) -> Non
             d = incs["a"].delta(n).double()
             err2 += float((up.double() @ down.double() - d).square().sum())
             tot2 += float(d.square().sum())
+    # both sides are float64 sums over the same fp16 values: they agree to ~n·eps64, and the
+    # report is printed/stored as a float64 (rel=1e-6 leaves room for a float32 intermediate)
     assert math.sqrt(err2 / tot2) == pytest.approx(rep.relative_error, rel=1e-6)
 
 
@@ -134,6 +179,8 @@ def test_dense_increments_are_factored_by_svd(tmp_path: Path) -> None:
     assert rep.rank == d_min  # a dense ΔW has full rank; capped at min(d_out, d_in)
     assert rep.layer_ranks is not None
     assert min(rep.layer_ranks.values()) == 2  # layers without the dense increment
+    # the SVD drops singular values below eps32·max(d)·s₀ (float32 noise), so the error is
+    # float32 round-off of a sum of at most d_min = 32 terms: γ_34 ≈ 2e-6 < 1e-5
     assert rep.relative_error is not None and rep.relative_error < 1e-5
     overall, worst, roundoff = _fused_error(rep.path, incs)
     assert rep.max_layer_relative_error is not None
@@ -154,6 +201,8 @@ def test_truncated_rank_reports_the_svd_error(tmp_path: Path) -> None:
         t2, n2 = float(s[3:].square().sum()), float(s.square().sum())
         tail2, total2 = tail2 + t2, total2 + n2
         worst = max(worst, math.sqrt(t2 / n2))
+    # float64 SVD vs the error of float32 factors: the factors' rounding adds ≈ eps32·‖ΔW‖ to
+    # a tail of ≥ 5 % of ‖ΔW‖ (asserted below), i.e. ≤ 2.4e-6 relative; rel=1e-4 is that ×40
     assert rep.relative_error == pytest.approx(math.sqrt(tail2 / total2), rel=1e-4)
     assert rep.max_layer_relative_error == pytest.approx(worst, rel=1e-4)
     assert 0.05 < rep.relative_error < 1
@@ -161,6 +210,7 @@ def test_truncated_rank_reports_the_svd_error(tmp_path: Path) -> None:
     assert abs(overall - rep.relative_error) <= roundoff
     # a rank at least the exact one changes nothing
     exact = export_lora(incs, tmp_path / "r7.safetensors", rank=7, dtype="fp32")
+    # exact again: round-off of 7-term float32 sums, γ_9 ≈ 5.4e-7 < 1e-6
     assert exact.rank == 7 and exact.relative_error is not None and exact.relative_error < 1e-6
 
 

@@ -101,13 +101,14 @@ def test_render_contract() -> None:
         clean = render(s, noise=False)
         inside = cov >= 1.0
         want = np.asarray(COLOUR_RGB[s.colour]) * s.brightness
+        # float32 colour × brightness: ≤ 2·eps32 ≈ 2.4e-7 per channel; atol 1e-5 ≫ that
         assert np.allclose(clean[inside], want, atol=1e-5)
         assert np.abs(img - clean).std() < 0.03
 
 
 def test_backgrounds() -> None:
     g = 0.2
-    plain = background("plain", g)
+    plain = background("plain", g)  # np.allclose: rtol 1e-5·|g| ≥ 2e-6 ≫ float32's 1.5e-8 at g
     assert np.allclose(plain, g)
     st = background("stripes", g)
     assert np.allclose(st[:, 0], st[:, 17])  # horizontal: constant along a row

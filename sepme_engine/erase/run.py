@@ -266,7 +266,7 @@ def erase(
     import torch
 
     from sepme_engine.erase.sepme import SepMEConfig
-    from sepme_engine.erase.text import check_prompt
+    from sepme_engine.erase.text import check_prompt, check_vocabulary
 
     emit = on_event or (lambda _e: None)
     if not concepts:
@@ -307,6 +307,7 @@ def erase(
     pipe = load_base(store, info.name, device=dev, dtype=getattr(torch, dtype_name))
     for _, p in targets:
         check_prompt(pipe, p)
+        check_vocabulary(pipe, p, force=force)  # words the tokenizer only spells out
     default_preserve = list(settings.get("preserve", [])) if use_default_preserve else []
     for p in [*preserve, *default_preserve]:
         check_prompt(pipe, p)

@@ -54,8 +54,43 @@ def encode_prompts(pipe: Any, prompts: Sequence[str]) -> torch.Tensor:
 
 
 def token_count(pipe: Any, prompt: str) -> int:
-    """Number of tokens of `prompt` including the start and end tokens, before truncation."""
-    return len(pipe.tokenizer(prompt, truncation=False).input_ids)
+    """Number of tokens of `prompt` including the start and end tokens, before truncation
+    (without transformers' "sequence length is longer than…" log line: the caller decides)."""
+    from sepme_engine._hflog import quiet_hf_logs
+
+    with quiet_hf_logs():
+        return len(pipe.tokenizer(prompt, truncation=False).input_ids)
+
+
+def spelled_out_words(tokenizer: Any, prompt: str) -> list[tuple[str, list[str]]]:
+    """The words of `prompt` the tokenizer does not know: it falls back to spelling them out,
+    at least half of their pieces single characters ('van' -> v, an on the toy base; CLIP knows
+    'van' and 'gogh' as whole words). Returns (word, pieces) for each."""
+    unk = getattr(tokenizer, "unk_token", None)
+    found: list[tuple[str, list[str]]] = []
+    for word in prompt.split():
+        pieces = [str(p) for p in tokenizer.tokenize(word)]
+        bare = [p.removesuffix("</w>") for p in pieces]
+        singles = sum(len(b) == 1 for b in bare)
+        is_unk = unk is not None and unk != getattr(tokenizer, "eos_token", None) and unk in pieces
+        if is_unk or (len(pieces) > 1 and 2 * singles >= len(pieces)):
+            found.append((word, pieces))
+    return found
+
+
+def check_vocabulary(pipe: Any, prompt: str, *, force: bool = False) -> None:
+    """Refuse (InvalidInput) a concept prompt with words the base's tokenizer does not know —
+    training on their character pieces erases nothing useful — unless `force`."""
+    unknown = spelled_out_words(pipe.tokenizer, prompt)
+    if not unknown or force:
+        return
+    shown = "; ".join(f"{w!r} -> {' '.join(p)}" for w, p in unknown)
+    raise InvalidInput(
+        f"the base's tokenizer does not know {', '.join(repr(w) for w, _ in unknown)} in "
+        f"{prompt!r}: it spells them out ({shown}), so there is no concept to erase",
+        hint="use words the base knows (the toy base knows its 13 concepts), or pass --force "
+        "to train anyway",
+    )
 
 
 def check_prompt(pipe: Any, prompt: str) -> None:

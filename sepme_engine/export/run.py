@@ -24,14 +24,29 @@ from sepme_engine.store import SCHEMA_VERSION, Store
 FORMATS = ("ldm", "diffusers", "lora")
 
 
+# Suffixes of pickle checkpoints: sepme never writes one (loading a pickle can run code).
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
+
+
 def guess_format(out: Path, fmt: str | None) -> str:
+    """The format from --format, else from OUT's suffix; refuse pickles and contradictions."""
+    suffix = out.suffix.lower()
+    if fmt is not None and fmt not in FORMATS:
+        raise InvalidInput(f"unknown format {fmt!r}", hint=f"choose one of {', '.join(FORMATS)}")
+    if suffix in PICKLE_SUFFIXES:
+        raise InvalidInput(
+            f"sepme writes no pickles: {out.name} would be a {suffix} pickle, which can run code "
+            "when loaded",
+            hint=f"export to {out.with_suffix('.safetensors').name} (A1111 and ComfyUI read it)",
+        )
+    if fmt == "diffusers" and suffix == ".safetensors":
+        raise InvalidInput(
+            f"--format diffusers writes a folder, but {out.name} names a .safetensors file",
+            hint=f"drop --format for a single file, or give a folder ({out.with_suffix('').name})",
+        )
     if fmt is not None:
-        if fmt not in FORMATS:
-            raise InvalidInput(
-                f"unknown format {fmt!r}", hint=f"choose one of {', '.join(FORMATS)}"
-            )
         return fmt
-    return "ldm" if out.suffix.lower() == ".safetensors" else "diffusers"
+    return "ldm" if suffix == ".safetensors" else "diffusers"
 
 
 def export(

@@ -10,7 +10,7 @@ CPU (see `sepme_engine.generate.sample_images`).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -98,6 +98,18 @@ def concept_rates(
     return ConceptRates(concept, axis, n, per, rate(verdicts, concept))
 
 
+def eval_image_count(
+    n_per_prompt: int = 8,
+    n_prompts: int | None = None,
+    n_blank: int = 64,
+    n_bare: int | None = None,
+) -> int:
+    """How many images `evaluate` samples with these settings (a progress bar's total)."""
+    n_prompts = len(full_prompts()) if n_prompts is None else n_prompts
+    n_bare = n_per_prompt if n_bare is None else n_bare
+    return n_prompts * n_per_prompt + len(SHAPES + COLOURS + STYLES) * n_bare + n_blank
+
+
 def evaluate(
     pipe: Any,
     n_per_prompt: int = 8,
@@ -108,8 +120,12 @@ def evaluate(
     n_blank: int = 64,
     n_bare: int | None = None,
     batch_size: int = 64,
+    progress: Callable[[float], None] | None = None,
 ) -> EvalReport:
-    """Judge samples of full prompts, bare concept prompts and the blank prompt."""
+    """Judge samples of full prompts, bare concept prompts and the blank prompt.
+
+    `progress(k)` gets the images sampled since its last call; they add up to
+    `eval_image_count(...)`."""
     import time
 
     from sepme_engine.generate import sample_images
@@ -120,7 +136,9 @@ def evaluate(
         raise InvalidInput("no prompts to evaluate", hint="omit prompts= to use all 72")
     n_bare = n_per_prompt if n_bare is None else n_bare
 
-    imgs = sample_images(pipe, prompts, seed, n_per_prompt, steps, guidance, batch_size=batch_size)
+    imgs = sample_images(
+        pipe, prompts, seed, n_per_prompt, steps, guidance, batch_size=batch_size, progress=progress
+    )
     verdicts = judge_batch(imgs)
     hits: dict[str, list[bool]] = {c: [] for c in CONCEPTS}
     axis_hits: dict[str, list[bool]] = {a: [] for a in AXES}
@@ -142,14 +160,23 @@ def evaluate(
     if n_bare > 0:
         bare_prompts = list(SHAPES + COLOURS + STYLES)
         bimgs = sample_images(
-            pipe, bare_prompts, seed, n_bare, steps, guidance, batch_size=batch_size
+            pipe,
+            bare_prompts,
+            seed,
+            n_bare,
+            steps,
+            guidance,
+            batch_size=batch_size,
+            progress=progress,
         )
         bver = judge_batch(bimgs)
         bare = {c: rate(bver[i * n_bare : (i + 1) * n_bare], c) for i, c in enumerate(bare_prompts)}
 
     chance: dict[str, float] = {}
     if n_blank > 0:
-        blank = sample_images(pipe, [""], seed, n_blank, steps, guidance, batch_size=batch_size)
+        blank = sample_images(
+            pipe, [""], seed, n_blank, steps, guidance, batch_size=batch_size, progress=progress
+        )
         bl = judge_batch(blank)
         chance = {c: rate(bl, c) for c in CONCEPTS}
 
@@ -175,6 +202,7 @@ __all__ = [
     "EvalReport",
     "concept_rates",
     "concepts_in",
+    "eval_image_count",
     "evaluate",
     "full_prompts",
     "rate",
