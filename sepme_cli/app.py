@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from sepme_cli import base, compose, erase, export, generate, inspect, store
-from sepme_cli._errors import SepmeGroup
+from sepme_cli._errors import SepmeGroup, install_signal_handlers
 from sepme_engine import __version__
 
 app = typer.Typer(
@@ -44,4 +44,5 @@ app.add_typer(store.config_app, name="config")
 
 
 def main() -> None:
+    install_signal_handlers()
     app(prog_name="sepme")
