@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import sys
 from typing import Any
@@ -74,6 +75,22 @@ def format_os_error(exc: OSError) -> str:
     where = f": {exc.filename}" if exc.filename else ""
     hint = OS_HINTS.get(exc.errno or 0, "check the path and the disk, then run it again")
     return _clip(f"error (I/O{' ' + code if code else ''}): {what}{where} — {hint}", 700)
+
+
+class _EchoHandler(logging.Handler):
+    """Engine notes (the "sepme" logger: e.g. a stale export temporary removed) as one stderr
+    line each, looked up at emit time so test runners that swap stderr see them."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(f"note: {_clip(record.getMessage(), MAX_MESSAGE)}", err=True)
+
+
+def install_log_handler() -> None:
+    logger = logging.getLogger("sepme")
+    if not any(isinstance(h, _EchoHandler) for h in logger.handlers):
+        logger.addHandler(_EchoHandler(logging.INFO))
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
 
 
 class Terminated(KeyboardInterrupt):

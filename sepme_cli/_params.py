@@ -30,9 +30,7 @@ def open_store() -> Store:
     return store
 
 
-def in_range(
-    key: str, lo: float | None = None, hi: float | None = None
-) -> Callable[[Any], Any]:
+def in_range(key: str, lo: float | None = None, hi: float | None = None) -> Callable[[Any], Any]:
     """An option callback: the value must be finite and within [lo, hi] (the engine's RANGES
     for `key` when no bounds are given, shared with config.toml). None (unset) passes."""
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from sepme_cli import base, compose, erase, export, generate, inspect, store
-from sepme_cli._errors import SepmeGroup, install_signal_handlers
+from sepme_cli._errors import SepmeGroup, install_log_handler, install_signal_handlers
 from sepme_engine import __version__
 
 app = typer.Typer(
@@ -16,6 +16,9 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
     pretty_exceptions_enable=False,
 )
+
+
+install_log_handler()
 
 
 def _version(value: bool) -> None:

@@ -96,13 +96,19 @@ def erase(
     ] = None,
     tau: Annotated[
         float | None,
-        typer.Option(help="Early-stopping threshold on the momentum m_n.", callback=in_range("tau")),
+        typer.Option(
+            help="Early-stopping threshold on the momentum m_n.", callback=in_range("tau")
+        ),
     ] = None,
-    lam: Annotated[float | None, typer.Option(help="L1 weight λ.", callback=in_range("lam"))] = None,
+    lam: Annotated[
+        float | None, typer.Option(help="L1 weight λ.", callback=in_range("lam"))
+    ] = None,
     beta: Annotated[
         float | None, typer.Option(help="Coefficient scale β.", callback=in_range("beta"))
     ] = None,
-    seed: Annotated[int | None, typer.Option(help="Random seed.", callback=in_range("seed"))] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Random seed.", callback=in_range("seed"))
+    ] = None,
     images: Annotated[
         int | None,
         typer.Option(

@@ -39,7 +39,9 @@ def generate(
     ] = None,
     guidance: Annotated[
         float | None,
-        typer.Option(help="Guidance scale (default per base).", callback=in_range("guidance", 0, 100)),
+        typer.Option(
+            help="Guidance scale (default per base).", callback=in_range("guidance", 0, 100)
+        ),
     ] = None,
     compare: Annotated[
         bool, typer.Option("--compare", help="Base and composition side by side, same seeds.")

@@ -101,7 +101,9 @@ class StoreView:
             )
         if now.increments != self.increments:
             before, after = dict(self.increments), dict(now.increments)
-            changed = sorted(set(before) ^ set(after) | {c for c in before if before[c] != after.get(c)})
+            changed = sorted(
+                set(before) ^ set(after) | {c for c in before if before[c] != after.get(c)}
+            )
             raise Conflict(
                 f"another sepme process changed the increments of base {self.base!r} "
                 f"({', '.join(changed)}) while this erase trained, so its preserve set E_k is "
@@ -110,7 +112,9 @@ class StoreView:
             )
 
 
-def store_view(store: Store, base: str, *, exclude: frozenset[str] | set[str] = frozenset()) -> StoreView:
+def store_view(
+    store: Store, base: str, *, exclude: frozenset[str] | set[str] = frozenset()
+) -> StoreView:
     """The current StoreView of `base` (see StoreView)."""
     from sepme_engine.bases import get_base
 

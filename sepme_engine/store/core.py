@@ -374,7 +374,9 @@ class Store:
         """The manifest file of `key`, after validating every part of the key as a name
         ("base" or "base/name"), so no lookup can reach outside its folder."""
         assert kind in KINDS, kind
-        what = {"bases": "base", "compositions": "base", "increments": "concept"}.get(kind, "variant")
+        what = {"bases": "base", "compositions": "base", "increments": "concept"}.get(
+            kind, "variant"
+        )
         if kind in ("increments", "variants"):
             base, _, name = str(key).partition("/")
             validate_name(base, "base name")
