@@ -179,7 +179,11 @@ def _check(path: Path, text: str, section: str, key: str, value: Any, kind: type
             f"{where}: {key} must be {kind.__name__}, got {value!r}",
             hint=f"fix or remove the line in {path}",
         )
-    if key in RANGES and (problem := range_error(key, float(value), *RANGES[key])):
+    if key in RANGES and isinstance(value, int | float):
+        problem = range_error(key, float(value), *RANGES[key])
+    else:
+        problem = None
+    if problem:
         raise ConfigError(f"{where}: {problem}", hint=f"fix or remove the line in {path}")
     if key == "device" and value not in DEVICES:
         raise ConfigError(
