@@ -41,8 +41,13 @@ MAX_HINT = 300
 
 
 def _clip(text: str, limit: int) -> str:
+    """One line of at most `limit` characters: a long middle (a 10k-character prompt quoted in
+    the message) is cut out, the head and the tail (what went wrong) are kept."""
     text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    if len(text) <= limit:
+        return text
+    tail = limit // 3
+    return text[: limit - tail - 1] + "…" + text[-tail:]
 
 
 def format_error(exc: E.SepmeError) -> str:
