@@ -380,8 +380,11 @@ def remove_base(store: Store, name: str, *, dry_run: bool = False) -> RemovalPla
 
 
 # -- loading (torch) --------------------------------------------------------------------------
-def base_location(store: Store, info: BaseInfo) -> tuple[str, Path]:
-    """(format, path) the model loader reads: a folder for diffusers, a file for single files."""
+def base_location(store: Store, info: BaseInfo, *, verify: bool = False) -> tuple[str, Path]:
+    """(format, path) the model loader reads: a folder for diffusers, a file for single files.
+
+    A stored base's blobs are re-hashed when their size or mtime changed since the last check,
+    and always with `verify` (export)."""
     if info.builtin:
         return "diffusers", Path(info.origin)
     data = store.read_manifest("bases", info.name)
@@ -395,8 +398,8 @@ def base_location(store: Store, info: BaseInfo) -> tuple[str, Path]:
             )
         return fmt, path
     files = {r: BlobRef.from_json(v) for r, v in data["files"].items()}
-    for ref in files.values():  # re-hashed when its size or mtime changed since the last check
-        store.check_blob(ref)
+    for ref in files.values():
+        store.check_blob(ref, always=verify)
     view = store.view(info.base_digest.split(":", 1)[1], files)
     if fmt == "single_file":
         return fmt, view / next(iter(files))
@@ -404,13 +407,19 @@ def base_location(store: Store, info: BaseInfo) -> tuple[str, Path]:
 
 
 def load_base(
-    store: Store, name: str | None = None, *, device: Any = "cpu", dtype: Any = None
+    store: Store,
+    name: str | None = None,
+    *,
+    device: Any = "cpu",
+    dtype: Any = None,
+    verify: bool = False,
 ) -> Any:
-    """Load a base as a diffusers StableDiffusionPipeline (frozen, eval mode)."""
+    """Load a base as a diffusers StableDiffusionPipeline (frozen, eval mode); `verify`
+    re-hashes every blob of a stored base first (export does)."""
     from sepme_engine.models.load import load_pipeline
 
     info = get_base(store, name)
-    fmt, path = base_location(store, info)
+    fmt, path = base_location(store, info, verify=verify)
     kwargs: dict[str, Any] = {"device": device}
     if dtype is not None:
         kwargs["dtype"] = dtype
