@@ -115,3 +115,15 @@ def test_two_erases_at_once_never_lose_each_other(home: Path) -> None:
     if len(saved) == 2:  # both stored: the later one's E_k holds the earlier one
         assert "blue" in saved["green"] or "green" in saved["blue"], saved
     assert _problems(home) == []
+
+
+def test_file_size_limit_is_one_line_and_leaves_nothing(home: Path, tmp_path: Path) -> None:
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    env = {**os.environ, "SEPME_HOME": str(home), "OMP_NUM_THREADS": "1"}
+    env.pop("SEPME_DEBUG", None)
+    cmd = f"ulimit -f 64; exec {sys.executable} -m sepme_cli export {dest / 'm.safetensors'}"
+    p = subprocess.run(["bash", "-c", cmd], env=env, cwd=str(REPO), capture_output=True, text=True)
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert p.returncode == 1 and len(lines) == 1 and "EFBIG" in lines[0], p.stderr
+    assert list(dest.iterdir()) == []
