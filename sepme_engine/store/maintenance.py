@@ -93,7 +93,10 @@ def _orphans(store: Store) -> list[tuple[Path, str]]:
     """Increments, compositions and variants of a base that is not in the store."""
     from sepme_engine.store.schema import _NAME
 
-    bases = {k for k in store.list_manifests("bases")} | {"toy"}
+    try:
+        bases = set(store.list_manifests("bases")) | {"toy"}
+    except SepmeError:  # manifests/bases leads outside the store: reported as a symlink
+        return []
     out: list[tuple[Path, str]] = []
     root = store.root / "manifests"
     for kind in ("increments", "variants", "compositions"):
