@@ -159,8 +159,8 @@ def test_profile_default_preserve_prompts_and_opting_out(tiny_base: str, store: 
 
 
 def test_diverging_training_stores_nothing(tiny_base: str, store: Store) -> None:
-    from sepme_engine.errors import TrainingDiverged
     from sepme_engine.erase.run import erase
+    from sepme_engine.errors import TrainingDiverged
 
     # the CLI refuses such settings (out of range); the engine's divergence guard still holds
     res = run("erase", "cat", "--steps", "30", "--images", "1", "--lr", "1e30", "--beta", "1e30")
