@@ -47,5 +47,12 @@ app.add_typer(store.config_app, name="config")
 
 
 def main() -> None:
+    import os
+    import warnings
+
     install_signal_handlers()
+    # library chatter would break the one-line error (a long prompt's tokenizer warning, torch's
+    # note on a pickle's protocol): sepme reports these conditions itself
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
     app(prog_name="sepme")
