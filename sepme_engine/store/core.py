@@ -428,8 +428,8 @@ class Store:
         data = {"schema_version": SCHEMA_VERSION, **data}
         with self.locked():
             path = self.manifest_path(kind, key)
+            self.inside(path.parent)  # before creating anything: no folder made through a link
             path.parent.mkdir(parents=True, exist_ok=True)
-            self.inside(path.parent)
             write_json(path, data)
 
     def delete_manifest(self, kind: str, key: str) -> None:
