@@ -140,16 +140,16 @@ def make_template(work: Path) -> tuple[Path, Path]:
     return home, pipe
 
 
-def fresh(template: Path, work: Path) -> tuple[Path, Path]:
+def fresh(template: Path, work: Path, *, leftover: bool = False) -> tuple[Path, Path]:
     if work.exists():
         shutil.rmtree(work)
     home = work / "home"
     shutil.copytree(template, home, symlinks=True)
     dest = work / "dest"
     dest.mkdir()
-    # something for prune to collect
-    (home / "tmp").mkdir(exist_ok=True)
-    (home / "tmp" / f"blob.{DEAD_PID}.x.incomplete").write_bytes(b"a killed writer's leftover")
+    if leftover:  # something for prune to collect
+        (home / "tmp").mkdir(exist_ok=True)
+        (home / "tmp" / f"blob.{DEAD_PID}.x.incomplete").write_bytes(b"a dead writer's leftover")
     return home, dest
 
 
@@ -252,7 +252,7 @@ def _fill(args: tuple[str, ...], dest: Path, pipe: Path) -> list[str]:
 def kill_case(
     cmd: Command, template: Path, pipe: Path, work: Path, *, point: str | None, delay: float | None
 ) -> dict[str, Any]:
-    home, dest = fresh(template, work)
+    home, dest = fresh(template, work, leftover=cmd.name == "store prune")
     args = _fill(cmd.args, dest, pipe)
     extra = {"SEPME_FAULT_KILL_AT": point} if point else {}
     t0 = time.perf_counter()
@@ -292,7 +292,7 @@ def kill_case(
 
 
 def duration(cmd: Command, template: Path, pipe: Path, work: Path) -> float:
-    home, dest = fresh(template, work)
+    home, dest = fresh(template, work, leftover=cmd.name == "store prune")
     t0 = time.perf_counter()
     rc, _, err = run(_fill(cmd.args, dest, pipe), _env(home))
     if rc != 0:
