@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any
 
 import typer
 
@@ -66,3 +67,21 @@ def confirm(question: str, yes: bool) -> None:
     if not ok:
         err.print("not confirmed: nothing removed; pass --yes to do it without asking")
         raise typer.Exit(1)
+
+
+def in_range(key: str, lo: float | None = None, hi: float | None = None) -> Callable[[Any], Any]:
+    """An option callback: the value must be finite and within [lo, hi] (the engine's RANGES
+    for `key` when no bounds are given, shared with config.toml). None (unset) passes."""
+
+    def check(value: Any) -> Any:
+        from sepme_engine.config import RANGES, range_error
+
+        if value is None:
+            return value
+        low, high = RANGES[key] if lo is None or hi is None else (lo, hi)
+        problem = range_error(key, float(value), low, high)
+        if problem:
+            raise typer.BadParameter(problem)
+        return value
+
+    return check

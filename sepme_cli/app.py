@@ -8,7 +8,7 @@ import typer
 import typer.core
 
 from sepme_cli import base, compose, erase, export, generate, inspect, store
-from sepme_cli._errors import SepmeGroup
+from sepme_cli._errors import SepmeGroup, install_log_handler, install_signal_handlers
 from sepme_engine import __version__
 
 
@@ -30,6 +30,9 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
     pretty_exceptions_enable=False,
 )
+
+
+install_log_handler()
 
 
 def _version(value: bool) -> None:
@@ -59,4 +62,12 @@ app.add_typer(store.config_app, name="config")
 
 
 def main() -> None:
+    import os
+    import warnings
+
+    install_signal_handlers()
+    # library chatter would break the one-line error (a long prompt's tokenizer warning, torch's
+    # note on a pickle's protocol): sepme reports these conditions itself
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
     app(prog_name="sepme")

@@ -15,6 +15,7 @@ from sepme_cli._params import (
     JsonOpt,
     YesOpt,
     confirm,
+    in_range,
     open_store,
 )
 from sepme_cli._render import err, out, print_json, table
@@ -96,18 +97,33 @@ def erase(
             help="Leave the profile's default preserve prompts out of E_k.",
         ),
     ] = False,
-    steps: Annotated[int | None, typer.Option(help="Iteration cap.")] = None,
+    steps: Annotated[
+        int | None, typer.Option(help="Iteration cap.", callback=in_range("steps"))
+    ] = None,
     lr: Annotated[
-        float | None, typer.Option(help="Adam learning rate on the coefficients.")
+        float | None,
+        typer.Option(help="Adam learning rate on the coefficients.", callback=in_range("lr")),
     ] = None,
     tau: Annotated[
-        float | None, typer.Option(help="Early-stopping threshold on the momentum m_n.")
+        float | None,
+        typer.Option(
+            help="Early-stopping threshold on the momentum m_n.", callback=in_range("tau")
+        ),
     ] = None,
-    lam: Annotated[float | None, typer.Option(help="L1 weight λ.")] = None,
-    beta: Annotated[float | None, typer.Option(help="Coefficient scale β.")] = None,
-    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+    lam: Annotated[
+        float | None, typer.Option(help="L1 weight λ.", callback=in_range("lam"))
+    ] = None,
+    beta: Annotated[
+        float | None, typer.Option(help="Coefficient scale β.", callback=in_range("beta"))
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Random seed.", callback=in_range("seed"))
+    ] = None,
     images: Annotated[
-        int | None, typer.Option(help="Training images generated from the concept prompt.")
+        int | None,
+        typer.Option(
+            help="Training images generated from the concept prompt.", callback=in_range("images")
+        ),
     ] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = None,
     dtype: Annotated[

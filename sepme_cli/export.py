@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from sepme_cli._complete import complete_concept, complete_format, complete_variant
-from sepme_cli._params import BaseOpt, ForceOpt, JsonOpt, open_store
+from sepme_cli._params import BaseOpt, ForceOpt, JsonOpt, in_range, open_store
 from sepme_cli._render import err, human_size, out, print_json, step_progress
 
 app = typer.Typer()
@@ -45,7 +45,11 @@ def export(
     ] = None,
     dtype: Annotated[str, typer.Option(help="fp16, bf16 or fp32.")] = "fp16",
     rank: Annotated[
-        int | None, typer.Option(help="LoRA: truncate each layer to this rank by SVD.")
+        int | None,
+        typer.Option(
+            help="LoRA: truncate each layer to this rank by SVD.",
+            callback=in_range("rank", 1, 100_000),
+        ),
     ] = None,
     force: ForceOpt = False,
     json_out: JsonOpt = False,

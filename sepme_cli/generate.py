@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from sepme_cli._params import BaseOpt, EraseListOpt, JsonOpt, VariantOpt, open_store
+from sepme_cli._params import BaseOpt, EraseListOpt, JsonOpt, VariantOpt, in_range, open_store
 from sepme_cli._render import counted_progress, err, out, print_json, table
 
 app = typer.Typer()
@@ -22,11 +22,23 @@ def generate(
     prompts: Annotated[list[str], typer.Argument(help="Prompt(s); one grid row each.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="PNG file to write.")],
     base: BaseOpt = None,
-    seed: Annotated[int, typer.Option(help="Seed of the first image in each row.")] = 0,
-    n: Annotated[int, typer.Option("--n", help="Images per prompt.")] = 4,
-    steps: Annotated[int | None, typer.Option(help="Sampler steps (default per base).")] = None,
+    seed: Annotated[
+        int, typer.Option(help="Seed of the first image in each row.", callback=in_range("seed"))
+    ] = 0,
+    n: Annotated[
+        int, typer.Option("--n", help="Images per prompt.", callback=in_range("n", 1, 1024))
+    ] = 4,
+    steps: Annotated[
+        int | None,
+        typer.Option(
+            help="Sampler steps (default per base).", callback=in_range("steps", 1, 10_000)
+        ),
+    ] = None,
     guidance: Annotated[
-        float | None, typer.Option(help="Guidance scale (default per base).")
+        float | None,
+        typer.Option(
+            help="Guidance scale (default per base).", callback=in_range("guidance", 0, 100)
+        ),
     ] = None,
     compare: Annotated[
         bool,
@@ -107,8 +119,10 @@ def _points(v: Any) -> str:
 @app.command("eval")
 def eval_(
     base: BaseOpt = None,
-    n: Annotated[int, typer.Option("--n", help="Samples per prompt.")] = 8,
-    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    n: Annotated[
+        int, typer.Option("--n", help="Samples per prompt.", callback=in_range("n", 1, 10_000))
+    ] = 8,
+    seed: Annotated[int, typer.Option(help="Seed.", callback=in_range("seed"))] = 0,
     compare: Annotated[
         bool,
         typer.Option(

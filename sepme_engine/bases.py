@@ -17,12 +17,13 @@ from typing import Any
 from sepme_engine import __version__
 from sepme_engine.errors import (
     AlreadyExists,
+    Conflict,
     InvalidInput,
     NotFound,
     PickleRefused,
 )
 from sepme_engine.models.detect import KNOWN_BASES, PICKLE_SUFFIXES, hub_snapshot, inspect_source
-from sepme_engine.store import BlobRef, Store, validate_name
+from sepme_engine.store import BlobRef, Store, faults, validate_name
 from sepme_engine.store.core import hash_file
 
 TOY = "toy"
@@ -346,7 +347,22 @@ def add_base(
         manifest["link_files"] = {r: ref.digest for r, ref in rel_files.items()}
     else:
         manifest["files"] = {r: ref.to_json() for r, ref in files.items()}
-    store.write_manifest("bases", name, manifest)
+    if allow_pickle:
+        manifest["allow_pickle"] = True  # the user accepted its pickles: loading needs it too
+    faults.point("base.after-blobs")
+    with store.locked():  # a concurrent `base add` of the same name may have finished first
+        if store.has_manifest("bases", name) and not force:
+            raise AlreadyExists(
+                f"a base named {name!r} was added by another sepme process meanwhile",
+                hint=f"choose another name, or `sepme base rm {name}` first (or pass --force)",
+            )
+        missing = [r for r, ref in files.items() if not store.has_blob(ref)]
+        if missing:  # a concurrent `store prune` collected them before the manifest existed
+            raise Conflict(
+                f"files of base {name!r} were pruned while it was being added ({missing[0]})",
+                hint=f"run `sepme base add {name} ...` again",
+            )
+        store.write_manifest("bases", name, manifest)
     return get_base(store, name)
 
 
@@ -357,19 +373,20 @@ def remove_base(store: Store, name: str, *, dry_run: bool = False) -> RemovalPla
             "the built-in toy base cannot be removed", hint="remove its increments with `sepme rm`"
         )
     get_base(store, name)
-    incs = tuple(store.list_manifests("increments", name))
-    variants = tuple(store.list_manifests("variants", name))
-    plan = RemovalPlan(
-        name,
-        tuple(k.split("/", 1)[1] for k in incs),
-        tuple(v.split("/", 1)[1] for v in variants),
-        dry_run,
-    )
-    if dry_run:
-        return plan
-    with store.locked():
+    with store.locked():  # plan and removal under one lock: nothing added meanwhile survives
+        incs = tuple(store.list_manifests("increments", name))
+        variants = tuple(store.list_manifests("variants", name))
+        plan = RemovalPlan(
+            name,
+            tuple(k.split("/", 1)[1] for k in incs),
+            tuple(v.split("/", 1)[1] for v in variants),
+            dry_run,
+        )
+        if dry_run:
+            return plan
         for key in incs:
             store.delete_manifest("increments", key)
+            faults.point("base-rm.mid")
         for key in variants:
             store.delete_manifest("variants", key)
         if store.has_manifest("compositions", name):
@@ -381,8 +398,11 @@ def remove_base(store: Store, name: str, *, dry_run: bool = False) -> RemovalPla
 
 
 # -- loading (torch) --------------------------------------------------------------------------
-def base_location(store: Store, info: BaseInfo) -> tuple[str, Path]:
-    """(format, path) the model loader reads: a folder for diffusers, a file for single files."""
+def base_location(store: Store, info: BaseInfo, *, verify: bool = False) -> tuple[str, Path]:
+    """(format, path) the model loader reads: a folder for diffusers, a file for single files.
+
+    A stored base's blobs are re-hashed when their size or mtime changed since the last check,
+    and always with `verify` (export)."""
     if info.builtin:
         return "diffusers", Path(info.origin)
     data = store.read_manifest("bases", info.name)
@@ -396,6 +416,8 @@ def base_location(store: Store, info: BaseInfo) -> tuple[str, Path]:
             )
         return fmt, path
     files = {r: BlobRef.from_json(v) for r, v in data["files"].items()}
+    for ref in files.values():
+        store.check_blob(ref, always=verify)
     view = store.view(info.base_digest.split(":", 1)[1], files)
     if fmt == "single_file":
         return fmt, view / next(iter(files))
@@ -403,20 +425,27 @@ def base_location(store: Store, info: BaseInfo) -> tuple[str, Path]:
 
 
 def load_base(
-    store: Store, name: str | None = None, *, device: Any = "cpu", dtype: Any = None
+    store: Store,
+    name: str | None = None,
+    *,
+    device: Any = "cpu",
+    dtype: Any = None,
+    verify: bool = False,
 ) -> Any:
-    """Load a base as a diffusers StableDiffusionPipeline (frozen, eval mode)."""
+    """Load a base as a diffusers StableDiffusionPipeline (frozen, eval mode); `verify`
+    re-hashes every blob of a stored base first (export does)."""
     from sepme_engine.models.load import load_pipeline
 
     info = get_base(store, name)
-    fmt, path = base_location(store, info)
+    fmt, path = base_location(store, info, verify=verify)
     kwargs: dict[str, Any] = {"device": device}
     if dtype is not None:
         kwargs["dtype"] = dtype
     pickled = False
     if not info.builtin:
         # the user accepted the pickle when adding it (--allow-pickle); it loads weights_only
-        pickled = store.read_manifest("bases", info.name).get("file_format") == "pickle"
+        data = store.read_manifest("bases", info.name)
+        pickled = data.get("file_format") == "pickle" or bool(data.get("allow_pickle"))
     return load_pipeline(
         path,
         "single_file" if fmt == "single_file" else "diffusers",

@@ -65,6 +65,41 @@ KEY_DOCS: dict[str, tuple[str, str]] = {
         "default preserve prompts added to every increment's E_k (toy: its 13 concepts)",
     ),
 }
+
+# Every number a user can set, with the range it must lie in (finite, inclusive unless the
+# bound is listed in OPEN_LOW): checked for config.toml here and for options by the CLI.
+RANGES: dict[str, tuple[float, float]] = {
+    "steps": (1, 1_000_000),
+    "lr": (0.0, 10.0),
+    "tau": (-1e3, 1e3),
+    "lam": (0.0, 1e3),
+    "beta": (0.0, 1e3),
+    "alpha": (0.0, 1.0),
+    "images": (1, 100_000),
+    "image_steps": (1, 10_000),
+    "image_guidance": (0.0, 100.0),
+    "batch_size": (1, 4096),
+    "seed": (0, 2**63 - 1),
+}
+OPEN_LOW = frozenset({"lr", "beta"})  # must be > 0
+OPEN_HIGH = frozenset({"alpha"})  # must be < 1
+
+
+def range_error(key: str, value: float, lo: float, hi: float) -> str | None:
+    """Why `value` is not acceptable for setting `key` (None when it is)."""
+    import math
+
+    if not math.isfinite(value):
+        return f"{key} must be a finite number, got {value}"
+    low_ok = value > lo if key in OPEN_LOW else value >= lo
+    high_ok = value < hi if key in OPEN_HIGH else value <= hi
+    if not (low_ok and high_ok):
+        left = "(" if key in OPEN_LOW else "["
+        right = ")" if key in OPEN_HIGH else "]"
+        return f"{key} must be in {left}{lo:g}, {hi:g}{right}, got {value:g}"
+    return None
+
+
 ARCHES = ("toy", "sd1", "sd2", "sd2-v")
 
 
@@ -192,6 +227,12 @@ def _check(path: Path, text: str, section: str, key: str, value: Any, kind: type
             f"{where}: {key} must be {kind.__name__}, got {value!r}",
             hint=f"fix or remove the line in {path}",
         )
+    if key in RANGES and isinstance(value, int | float):
+        problem = range_error(key, float(value), *RANGES[key])
+    else:
+        problem = None
+    if problem:
+        raise ConfigError(f"{where}: {problem}", hint=f"fix or remove the line in {path}")
     if key == "device" and value not in DEVICES:
         raise ConfigError(
             f"{where}: device must be one of {', '.join(DEVICES)}", hint=f"fix {path}"

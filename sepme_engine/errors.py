@@ -76,3 +76,7 @@ class TrainingDiverged(SepmeError):
 
 class DeviceUnavailable(SepmeError):
     """The requested device (cuda/mps) is not available."""
+
+
+class Conflict(SepmeError):
+    """Another sepme process changed what this command depended on while it ran."""

@@ -14,9 +14,9 @@ from typing import Any
 
 from sepme_engine import __version__
 from sepme_engine.bases import BaseInfo, now_iso
-from sepme_engine.errors import AlreadyExists, BaseMismatch, InvalidInput, NotFound
+from sepme_engine.errors import AlreadyExists, BaseMismatch, Conflict, InvalidInput, NotFound
 from sepme_engine.names import did_you_mean, quote
-from sepme_engine.store import BlobRef, Store, validate_name
+from sepme_engine.store import BlobRef, Store, faults, validate_name
 
 
 @dataclass(frozen=True)
@@ -77,6 +77,60 @@ def active_set(store: Store, base: str) -> list[str]:
     if not store.has_manifest("compositions", base):
         return []
     return sorted(store.read_manifest("compositions", base).get("active", []))
+
+
+@dataclass(frozen=True)
+class StoreView:
+    """What a long command (erase) read from the store before it started working: the base's
+    digest and its increments (concept -> blob digest), minus the ones the command itself
+    replaces. `check` re-reads them under the store lock at save time: if another process
+    changed them meanwhile (a concurrent erase added one, `base rm` removed the base), the
+    E_k computed from the old view is stale, and the result must not be stored."""
+
+    base: str
+    base_digest: str
+    increments: tuple[tuple[str, str], ...]
+    exclude: frozenset[str]
+
+    def check(self, store: Store) -> None:
+        now = store_view(store, self.base, exclude=self.exclude)
+        if now.base_digest != self.base_digest:
+            raise Conflict(
+                f"base {self.base!r} was removed or replaced while this command ran; "
+                "its result was discarded",
+                hint="add the base again if you need it, then rerun the command",
+            )
+        if now.increments != self.increments:
+            before, after = dict(self.increments), dict(now.increments)
+            changed = sorted(
+                set(before) ^ set(after) | {c for c in before if before[c] != after.get(c)}
+            )
+            raise Conflict(
+                f"another sepme process changed the increments of base {self.base!r} "
+                f"({', '.join(changed)}) while this erase trained, so its preserve set E_k is "
+                "out of date; its result was discarded",
+                hint="run the erase again (erase concepts one at a time, or several in one call)",
+            )
+
+
+def store_view(
+    store: Store, base: str, *, exclude: frozenset[str] | set[str] = frozenset()
+) -> StoreView:
+    """The current StoreView of `base` (see StoreView)."""
+    from sepme_engine.bases import get_base
+
+    try:
+        digest = get_base(store, base).base_digest
+    except NotFound:
+        digest = ""
+    incs = tuple(
+        sorted(
+            (k.split("/", 1)[1], str(store.read_manifest("increments", k)["blob"]["digest"]))
+            for k in store.list_manifests("increments", base)
+            if k.split("/", 1)[1] not in exclude
+        )
+    )
+    return StoreView(base, digest, incs, frozenset(exclude))
 
 
 def _info(data: dict[str, Any], active: set[str]) -> IncrementInfo:
@@ -154,8 +208,12 @@ def save_increment(
     stats: dict[str, Any],
     force: bool = False,
     activate: bool = True,
+    expect: StoreView | None = None,
 ) -> IncrementInfo:
-    """Write the increment's tensors as a blob (via an .incomplete file) and its manifest."""
+    """Write the increment's tensors as a blob (via an .incomplete file) and its manifest.
+
+    With `expect` (what the caller read before training), the store is checked under the lock
+    first and a Conflict raised, nothing written, if the base or its increments changed."""
     import torch
 
     key = _key(base.name, concept)
@@ -181,6 +239,13 @@ def save_increment(
         ).item()
     )
     with store.locked():
+        if expect is not None:
+            expect.check(store)
+        if store.has_manifest("increments", key) and not force:
+            raise AlreadyExists(
+                f"increment {concept!r} was created on base {base.name!r} while this one trained",
+                hint="pass --force to replace it, or `sepme rm " + concept + "` first",
+            )
         tmp = store.incomplete_path("increment")
         try:
             increment.save(tmp)
@@ -188,6 +253,7 @@ def save_increment(
         finally:
             with contextlib.suppress(FileNotFoundError):
                 Path(tmp).unlink()
+        faults.point("increment.after-blob")
         store.write_manifest(
             "increments",
             key,
@@ -210,6 +276,7 @@ def save_increment(
                 "sepme_version": __version__,
             },
         )
+        faults.point("increment.after-manifest")
         if activate:
             set_active(store, base.name, sorted(set(active_set(store, base.name)) | {concept}))
     return get_increment(store, base.name, concept)
@@ -239,7 +306,7 @@ def load_increment(store: Store, info: IncrementInfo, base: BaseInfo | None = No
 
     if base is not None:
         check_binding(info, base)
-    inc = Increment.load(store.blob_path(info.blob))
+    inc = Increment.load(store.check_blob(info.blob, always=True))  # small: hash every read
     if base is not None:
         layers = dict(base.cross_attn_layers)
         for name, shape in inc.shapes().items():

@@ -161,8 +161,15 @@ def test_profile_default_preserve_prompts_and_opting_out(tiny_base: str, store: 
 
 
 def test_diverging_training_stores_nothing(tiny_base: str, store: Store) -> None:
+    from sepme_engine.erase.run import erase
+    from sepme_engine.errors import TrainingDiverged
+
+    # the CLI refuses such settings (out of range); the engine's divergence guard still holds
     res = run("erase", "cat", "--steps", "30", "--images", "1", "--lr", "1e30", "--beta", "1e30")
-    assert res.exit_code == 1 and "non-finite" in res.stderr
+    assert res.exit_code == 2 and "lr must be in" in res.stderr
+    overrides = {"steps": 30, "images": 1, "lr": 1e30, "beta": 1e30}
+    with pytest.raises(TrainingDiverged, match="non-finite"):
+        erase(store, ["cat"], base=tiny_base, overrides=overrides)
     assert not store.list_manifests("increments")
     assert not any(store.tmp_dir.iterdir())
 

@@ -24,8 +24,40 @@ def test_blob_is_content_addressed_and_idempotent(store: Store, tmp_path: Path) 
     assert list(store.tmp_dir.iterdir()) == []
 
 
+def base_manifest(name: str) -> dict:
+    """A well-typed base manifest (the typed loader rejects anything less)."""
+    return {
+        "kind": "base",
+        "name": name,
+        "source_type": "single_file",
+        "origin": "/nowhere",
+        "base_digest": "sha256:" + "0" * 64,
+        "size": 0,
+        "arch": "sd1",
+        "prediction_type": "epsilon",
+        "text_width": 768,
+        "tokenizer_max_length": 77,
+        "cross_attn_layers": [],
+        "created": "2026-01-01T00:00:00Z",
+        "files": {},
+    }
+
+
+def increment_manifest(base: str, concept: str, blob: dict) -> dict:
+    return {
+        "kind": "increment",
+        "base": base,
+        "concept": concept,
+        "prompt": concept,
+        "method": "sepme",
+        "base_digest": "sha256:" + "0" * 64,
+        "blob": blob,
+        "created": "2026-01-01T00:00:00Z",
+    }
+
+
 def test_manifest_roundtrip_and_schema(store: Store) -> None:
-    store.write_manifest("bases", "one", {"name": "one"})
+    store.write_manifest("bases", "one", base_manifest("one"))
     data = store.read_manifest("bases", "one")
     assert data["schema_version"] == SCHEMA_VERSION and data["name"] == "one"
     assert store.list_manifests("bases") == ["one"]
@@ -103,7 +135,7 @@ def test_lock_waits_then_proceeds(sepme_home: Path) -> None:
         store = Store(sepme_home, lock_timeout=20)
         waited: list[str] = []
         store.on_lock_wait = waited.append
-        store.write_manifest("bases", "x", {"name": "x"})
+        store.write_manifest("bases", "x", base_manifest("x"))
         assert waited and store.has_manifest("bases", "x")
     finally:
         proc.wait(timeout=30)
@@ -115,7 +147,7 @@ def test_verify_and_prune(store: Store, tmp_path: Path) -> None:
     kept = store.put_blob_file(src)
     src.write_bytes(b"b" * 100)
     orphan = store.put_blob_file(src)
-    store.write_manifest("increments", "toy/x", {"blob": kept.to_json()})
+    store.write_manifest("increments", "toy/x", increment_manifest("toy", "x", kept.to_json()))
     assert verify(store).ok
     (store.tmp_dir / "blob.123.incomplete").write_bytes(b"half")
     store.blob_path(kept).write_bytes(b"c" * 100)  # corrupt it

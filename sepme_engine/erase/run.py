@@ -303,6 +303,9 @@ def erase(
     dev = resolve_device(device or cfg.get("device"))
     dtype_name = resolve_dtype(dtype or cfg.get("dtype"), dev)
     settings = erase_settings(store, info, overrides or {})
+    from sepme_engine.increments import store_view  # E_k's view, checked again when saving
+
+    view = store_view(store, info.name, exclude=set(names))
     earlier = [i.prompt for i in list_increments(store, info.name) if i.concept not in set(names)]
     pipe = load_base(store, info.name, device=dev, dtype=getattr(torch, dtype_name))
     for _, p in targets:
@@ -376,6 +379,7 @@ def erase(
             stats=stats,
             force=force,
             activate=apply,
+            expect=view,
         )
         outcome = ConceptOutcome(
             concept=name,

@@ -8,6 +8,7 @@ into place with `os.replace`; a folder is built under such a name and renamed. A
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import uuid
@@ -17,11 +18,25 @@ from pathlib import Path
 from sepme_engine.errors import AlreadyExists, InvalidInput
 
 INCOMPLETE_SUFFIX = ".incomplete"
+log = logging.getLogger("sepme")
 
 
 def temp_name(dest: Path) -> Path:
-    """A fresh hidden temporary path in `dest`'s folder (same file system, so rename is atomic)."""
-    return dest.parent / f".{dest.name}.{uuid.uuid4().hex[:8]}{INCOMPLETE_SUFFIX}"
+    """A fresh hidden temporary path in `dest`'s folder (same file system, so rename is atomic):
+    `.<name>.<pid>.<random>.incomplete`, so a later export can tell its own stale ones."""
+    return dest.parent / f".{dest.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}{INCOMPLETE_SUFFIX}"
+
+
+def clean_stale_temporaries(dest: Path) -> list[Path]:
+    """Remove the temporaries of earlier exports to `dest` whose process is gone (a kill left
+    them); a running export's are kept. Each removal is logged on the "sepme" logger (the CLI
+    prints it)."""
+    from sepme_engine.store.atomic import clean_stale
+
+    removed = clean_stale(dest.parent, f".{dest.name}.")
+    for path in removed:
+        log.warning("removed %s, left by an interrupted export", path)
+    return removed
 
 
 def check_destination(dest: Path, *, force: bool, want_dir: bool) -> None:
@@ -85,13 +100,17 @@ def atomic_file(dest: Path, *, force: bool) -> Iterator[Path]:
 
     The caller must flush and fsync what it writes to the yielded path.
     """
+    from sepme_engine.store import faults
+
     dest = Path(dest)
     check_destination(dest, force=force, want_dir=False)
     dest.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_temporaries(dest)
     tmp = temp_name(dest)
     try:
         yield tmp
         check_destination(dest, force=force, want_dir=False)
+        faults.point("export.before-rename")
         os.replace(tmp, dest)
     except BaseException:
         _remove(tmp)
@@ -103,18 +122,23 @@ def atomic_file(dest: Path, *, force: bool) -> Iterator[Path]:
 def atomic_dir(dest: Path, *, force: bool) -> Iterator[Path]:
     """Yield a fresh temporary folder; on success it becomes `dest` (an old `dest` is removed
     only after the new one is in place), on failure it is removed."""
+    from sepme_engine.store import faults
+
     dest = Path(dest)
     check_destination(dest, force=force, want_dir=True)
     dest.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_temporaries(dest)
     tmp = temp_name(dest)
     tmp.mkdir()
     old: Path | None = None
     try:
         yield tmp
+        faults.point("export.mid-write")  # the folder is written, not yet fsynced nor renamed
         fsync_tree(tmp)
         check_destination(dest, force=force, want_dir=True)
+        faults.point("export.before-rename")
         if dest.exists():
-            old = temp_name(dest).with_suffix(".old")
+            old = temp_name(dest).with_name(temp_name(dest).name + ".old")
             os.replace(dest, old)
         try:
             os.replace(tmp, dest)

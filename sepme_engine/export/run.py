@@ -127,7 +127,7 @@ def export(
             force=force,
             progress=progress,
         )
-    pipe = load_base(store, info.name)
+    pipe = load_base(store, info.name, verify=True)  # never export a corrupt base blob
     deltas = composition_deltas(store, info, names)
     if fmt == "ldm":
         from sepme_engine.export.single_file import export_single_file

@@ -30,8 +30,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sepme_engine.errors import CorruptEntry, InvalidName, NotFound, SchemaTooNew, StoreLocked
-from sepme_engine.store.atomic import _fsync_dir, write_json
+from sepme_engine.errors import (
+    ConfigError,
+    CorruptEntry,
+    InvalidName,
+    NotFound,
+    SchemaTooNew,
+    StoreLocked,
+)
+from sepme_engine.store import faults
+from sepme_engine.store.atomic import _fsync_dir, clean_stale, write_json
+from sepme_engine.store.schema import DIGEST, HINT, blob_error, check_manifest, kind_of
 
 SCHEMA_VERSION = 1
 CHUNK = 8 * 1024 * 1024
@@ -41,9 +50,12 @@ _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
 def validate_name(name: str, what: str = "name") -> str:
     """Names are lowercase slugs: letters, digits, '.', '_' and '-', starting with a letter/digit."""
-    if _NAME.match(name) and ".." not in name:
+    if isinstance(name, str) and _NAME.match(name) and ".." not in name:
         return name
+    name = str(name)
     suggestion = re.sub(r"[^a-z0-9._-]+", "-", name.lower()).strip("-._").replace("..", ".")[:64]
+    if len(name) > 80:
+        name = name[:77] + "..."
     hint = f"try {suggestion!r}" if suggestion else "use letters, digits, '.', '_' or '-'"
     raise InvalidName(
         f"invalid {what} {name!r}: use lowercase letters, digits, '.', '_' and '-' "
@@ -66,7 +78,11 @@ class BlobRef:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> BlobRef:
-        return cls(str(data["digest"]), int(data["size"]))
+        """A validated reference: 'sha256:<64 hex>' and a non-negative integer size."""
+        problem = blob_error(data)
+        if problem:
+            raise CorruptEntry(f"malformed blob reference {str(data)[:120]}: {problem}", hint=HINT)
+        return cls(data["digest"], data["size"])
 
 
 def hash_file(path: Path, progress: Callable[[int], None] | None = None) -> BlobRef:
@@ -95,6 +111,11 @@ class Store:
 
     def __init__(self, root: Path | None = None, lock_timeout: float | None = None) -> None:
         self.root = Path(root) if root is not None else default_root()
+        if self.root.exists() and not self.root.is_dir():
+            raise ConfigError(
+                f"the store root {self.root} is not a folder",
+                hint="point SEPME_HOME at a folder (or unset it for the default store)",
+            )
         if lock_timeout is None:
             lock_timeout = float(os.environ.get("SEPME_LOCK_TIMEOUT", "600"))
         self.lock_timeout = lock_timeout
@@ -126,6 +147,41 @@ class Store:
     def ensure(self) -> None:
         for d in (self.blobs_dir, self.tmp_dir, self.root / "manifests"):
             d.mkdir(parents=True, exist_ok=True)
+        clean_stale(self.tmp_dir)
+
+    # -- paths ----------------------------------------------------------------------------
+    def inside(self, path: Path) -> Path:
+        """`path` with every symlink resolved, refused unless it stays inside the store root."""
+        root = self.root.resolve()
+        real = Path(os.path.realpath(path))
+        if real != root and root not in real.parents:
+            raise CorruptEntry(
+                f"{path} leads outside the store ({real}); sepme does not follow it",
+                hint="run `sepme store verify`; replace the symbolic link with a folder",
+            )
+        return real
+
+    def safe_delete(self, path: Path) -> None:
+        """Delete a file or folder of the store without following a symlinked folder anywhere:
+        the folders above it must resolve inside the root; a symlink is removed, not its target."""
+        path = Path(path)
+        try:
+            rel = path.parent.relative_to(self.root)
+        except ValueError:
+            raise CorruptEntry(f"refusing to delete {path}: it is not inside the store") from None
+        parent = self.inside(path.parent)
+        if parent != self.root.resolve() / rel:
+            raise CorruptEntry(
+                f"refusing to delete {path}: a folder on its way is a symbolic link",
+                hint="run `sepme store verify`; replace the symbolic link with a folder",
+            )
+        if not parent.is_dir():
+            return
+        target = parent / path.name
+        if target.is_symlink() or not target.is_dir():
+            target.unlink(missing_ok=True)
+        else:
+            shutil.rmtree(target)  # rmtree never follows links inside the tree
 
     # -- lock -----------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -164,7 +220,45 @@ class Store:
     # -- blobs ----------------------------------------------------------------------------
     def blob_path(self, ref: BlobRef | str) -> Path:
         digest = ref.digest if isinstance(ref, BlobRef) else ref
+        if not isinstance(digest, str) or not DIGEST.match(digest):
+            raise CorruptEntry(f"malformed blob digest {str(digest)[:80]!r}", hint=HINT)
         return self.blobs_dir / ("sha256-" + digest.split(":", 1)[1])
+
+    def _check_record(self, ref: BlobRef) -> Path:
+        return self.cache_dir / "checked" / ref.hex
+
+    def _record_checked(self, ref: BlobRef, path: Path) -> None:
+        st = path.stat()
+        with contextlib.suppress(OSError):
+            write_json(self._check_record(ref), [st.st_size, st.st_mtime_ns])
+
+    def check_blob(self, ref: BlobRef, *, always: bool = False) -> Path:
+        """The blob's path after checking its content against its digest: every time when
+        `always`, else only when its size or mtime changed since the last check (recorded in
+        cache/checked/). A missing or damaged blob is a CorruptEntry naming it."""
+        path = self.blob_path(ref)
+        hint = "run `sepme store verify`, then remove and re-create the entries it names"
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            raise CorruptEntry(f"blob {ref.digest} is missing from the store", hint=hint) from None
+        if not always:
+            try:
+                seen = json.loads(self._check_record(ref).read_text())
+                if seen == [st.st_size, st.st_mtime_ns] and st.st_size == ref.size:
+                    return path
+            except (OSError, ValueError):
+                pass
+        actual = hash_file(path)
+        if actual != ref:
+            raise CorruptEntry(
+                f"blob {ref.digest} is corrupt (its content hashes to {actual.digest}, "
+                f"{actual.size} bytes)",
+                hint=hint,
+            )
+        if not always:
+            self._record_checked(ref, path)
+        return path
 
     def has_blob(self, ref: BlobRef) -> bool:
         p = self.blob_path(ref)
@@ -173,7 +267,9 @@ class Store:
     def incomplete_path(self, name: str) -> Path:
         """A fresh `.incomplete` path in tmp/ for a file being written (caller renames or removes)."""
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f"{name}.", suffix=".incomplete", dir=self.tmp_dir)
+        fd, tmp = tempfile.mkstemp(
+            prefix=f"{name}.{os.getpid()}.", suffix=".incomplete", dir=self.tmp_dir
+        )
         os.close(fd)
         return Path(tmp)
 
@@ -198,11 +294,13 @@ class Store:
                 os.fsync(fout.fileno())
             ref = BlobRef("sha256:" + h.hexdigest(), size)
             dest = self.blob_path(ref)
+            faults.point("blob.before-rename")
             if dest.exists() and dest.stat().st_size == size:
                 tmp.unlink()
             else:
                 os.replace(tmp, dest)
                 _fsync_dir(dest.parent)
+                self._record_checked(ref, dest)
             if move:
                 src.unlink()
             return ref
@@ -221,6 +319,7 @@ class Store:
                     fh.write(data)
                     fh.flush()
                     os.fsync(fh.fileno())
+                faults.point("blob.before-rename")
                 os.replace(tmp, self.blob_path(ref))
             except BaseException:
                 with contextlib.suppress(FileNotFoundError):
@@ -240,7 +339,12 @@ class Store:
         with self.locked():
             if marker.exists():
                 return dest
-            tmp = Path(tempfile.mkdtemp(prefix=f"{key}.", suffix=".incomplete", dir=self.tmp_dir))
+            self.tmp_dir.mkdir(parents=True, exist_ok=True)
+            tmp = Path(
+                tempfile.mkdtemp(
+                    prefix=f"{key}.{os.getpid()}.", suffix=".incomplete", dir=self.tmp_dir
+                )
+            )
             try:
                 for rel, ref in files.items():
                     target = tmp / rel
@@ -256,8 +360,8 @@ class Store:
                     except OSError:
                         shutil.copyfile(blob, target)
                 (tmp / ".complete").write_text("")
-                if dest.exists():
-                    shutil.rmtree(dest)
+                if dest.exists() or dest.is_symlink():
+                    self.safe_delete(dest)
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(tmp, dest)
             except BaseException:
@@ -267,20 +371,41 @@ class Store:
 
     # -- manifests ------------------------------------------------------------------------
     def manifest_path(self, kind: str, key: str) -> Path:
+        """The manifest file of `key`, after validating every part of the key as a name
+        ("base" or "base/name"), so no lookup can reach outside its folder."""
         assert kind in KINDS, kind
+        what = {"bases": "base", "compositions": "base", "increments": "concept"}.get(
+            kind, "variant"
+        )
+        if kind in ("increments", "variants"):
+            base, _, name = str(key).partition("/")
+            validate_name(base, "base name")
+            validate_name(name, f"{what} name")
+        else:
+            validate_name(key, f"{what} name")
         return self.root / "manifests" / kind / f"{key}.json"
 
     def read_manifest(self, kind: str, key: str) -> dict[str, Any]:
         path = self.manifest_path(kind, key)
         if not path.is_file():
             raise NotFound(f"no {kind[:-1]} {key!r} in the store")
-        return self.load_manifest_file(path)
+        self.inside(path)
+        return self.load_manifest_file(path, kind)
+
+    def load_manifest_file(self, path: Path, kind: str | None = None) -> dict[str, Any]:
+        """Parse a manifest through the typed loader (store/schema.py): a field of the wrong
+        type is a CorruptEntry naming the file and the field."""
+        data = self._load_json(path)
+        if kind is None:
+            kind = "state" if path.name == "state.json" else kind_of(path, self.root / "manifests")
+        check_manifest(kind, data, path)
+        return data
 
     @staticmethod
-    def load_manifest_file(path: Path) -> dict[str, Any]:
+    def _load_json(path: Path) -> dict[str, Any]:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
             raise CorruptEntry(
                 f"manifest {path} is unreadable: {exc}",
                 hint="run `sepme store verify`; remove the entry and create it again",
@@ -302,16 +427,21 @@ class Store:
     def write_manifest(self, kind: str, key: str, data: dict[str, Any]) -> None:
         data = {"schema_version": SCHEMA_VERSION, **data}
         with self.locked():
-            write_json(self.manifest_path(kind, key), data)
+            path = self.manifest_path(kind, key)
+            self.inside(path.parent)  # before creating anything: no folder made through a link
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_json(path, data)
 
     def delete_manifest(self, kind: str, key: str) -> None:
+        """Remove a manifest; never through a symlinked folder, never outside the store."""
         with self.locked():
             path = self.manifest_path(kind, key)
-            path.unlink(missing_ok=True)
+            self.safe_delete(path)
             parent = path.parent
             if (
                 parent != self.root / "manifests" / kind
-                and parent.exists()
+                and parent.is_dir()
+                and not parent.is_symlink()
                 and not any(parent.iterdir())
             ):
                 parent.rmdir()
@@ -322,12 +452,13 @@ class Store:
     def list_manifests(self, kind: str, prefix: str = "") -> list[str]:
         base = self.root / "manifests" / kind
         if prefix:
-            base = base / prefix
+            base = base / validate_name(prefix, "base name")
         if not base.is_dir():
             return []
         root = self.root / "manifests" / kind
+        self.inside(base)
         keys = [str(p.relative_to(root))[: -len(".json")] for p in base.rglob("*.json")]
-        return sorted(k for k in keys if not Path(k).name.startswith("."))
+        return sorted(k for k in keys if not Path(k).name.startswith(".") and _valid_key(k))
 
     def all_manifest_files(self) -> list[Path]:
         base = self.root / "manifests"
@@ -338,7 +469,7 @@ class Store:
         path = self.root / "state.json"
         if not path.is_file():
             return {"schema_version": SCHEMA_VERSION}
-        return self.load_manifest_file(path)
+        return self.load_manifest_file(path, "state")
 
     def write_state(self, **changes: Any) -> None:
         with self.locked():
@@ -346,3 +477,7 @@ class Store:
             state.update(changes)
             state["schema_version"] = SCHEMA_VERSION
             write_json(self.root / "state.json", state)
+
+
+def _valid_key(key: str) -> bool:
+    return all(_NAME.match(p) and ".." not in p for p in key.split("/"))

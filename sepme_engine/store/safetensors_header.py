@@ -55,10 +55,19 @@ def read_header(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
     if not isinstance(header, dict):
         raise CorruptEntry(f"{path} has a malformed safetensors header", hint=hint)
     metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+    ):
+        raise CorruptEntry(
+            f"{path} has a malformed safetensors header: __metadata__ must map strings to strings",
+            hint=hint,
+        )
     end = 0
     for name, info in header.items():
         try:
             begin, stop = info["data_offsets"]
+            if not (isinstance(begin, int) and isinstance(stop, int) and 0 <= begin <= stop):
+                raise ValueError("bad offsets")
             count = 1
             for dim in info["shape"]:
                 count *= int(dim)
