@@ -23,6 +23,7 @@ from sepme_engine.errors import (
     PickleRefused,
 )
 from sepme_engine.models.detect import KNOWN_BASES, PICKLE_SUFFIXES, hub_snapshot, inspect_source
+from sepme_engine.names import is_path_like, lookup_names
 from sepme_engine.store import BlobRef, Store, faults, validate_name
 from sepme_engine.store.core import hash_file
 
@@ -223,9 +224,13 @@ def get_base(store: Store, name: str | None = None) -> BaseInfo:
     name = name or default
     if name.strip().lower() == TOY and toy_available():
         return _toy_info(default)
-    if not store.has_manifest("bases", name) and store.has_manifest("bases", name.strip().lower()):
-        name = name.strip().lower()  # names are stored lowercase: `--base SD15` is sd15
-    if not store.has_manifest("bases", name):
+    if is_path_like(name):
+        validate_name(name, "base name")  # refused: a lookup never builds a path from it
+    # names are stored lowercase: `--base SD15` is sd15
+    found = [c for c in lookup_names(name) if store.has_manifest("bases", c)]
+    if found:
+        name = found[0]
+    else:
         have = ([TOY] if toy_available() else []) + list(store.list_manifests("bases"))
         raise not_found_base(name, have)
     return _info_from_manifest(store.read_manifest("bases", name), default)

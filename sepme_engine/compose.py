@@ -23,7 +23,7 @@ from sepme_engine.increments import (
     resolve_concept,
     set_active,
 )
-from sepme_engine.names import did_you_mean, quote
+from sepme_engine.names import did_you_mean, is_path_like, lookup_names, quote
 from sepme_engine.store import Store, validate_name
 
 
@@ -85,8 +85,10 @@ def _variant_names(store: Store, base: str) -> list[str]:
 
 def resolve_variant(store: Store, base: str, name: str) -> str:
     """The stored variant `name` names (as given, else lowercased); NotFound with suggestions."""
-    for cand in (name, name.strip().lower()):
-        if cand and store.has_manifest("variants", f"{base}/{cand}"):
+    if is_path_like(name):
+        validate_name(name, "variant name")  # refused: a lookup never builds a path from it
+    for cand in lookup_names(name):
+        if store.has_manifest("variants", f"{base}/{cand}"):
             return cand
     close = did_you_mean(name.strip().lower(), _variant_names(store, base))
     raise NotFound(

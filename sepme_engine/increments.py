@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ from typing import Any
 from sepme_engine import __version__
 from sepme_engine.bases import BaseInfo, now_iso
 from sepme_engine.errors import AlreadyExists, BaseMismatch, Conflict, InvalidInput, NotFound
-from sepme_engine.names import did_you_mean, quote
+from sepme_engine.names import did_you_mean, is_path_like, lookup_names, quote, slugify
 from sepme_engine.store import BlobRef, Store, faults, validate_name
 
 
@@ -59,8 +58,7 @@ class IncrementInfo:
 
 def concept_name(text: str) -> str:
     """A store name for a concept: 'Van Gogh' -> 'van-gogh'."""
-    slug = re.sub(r"[^a-z0-9._-]+", "-", text.strip().lower()).strip("-._")
-    slug = re.sub(r"\.{2,}", ".", slug)[:64]
+    slug = slugify(text)
     if not slug:
         raise InvalidInput(
             f"cannot make a name from {text!r}",
@@ -164,14 +162,12 @@ def list_increments(store: Store, base: str) -> list[IncrementInfo]:
 def resolve_concept(store: Store, base: str, text: str) -> str:
     """The stored name of the concept `text` names on `base`: the name itself, else its slug
     ('Van Gogh' -> 'van-gogh', as `erase` stores it). NotFound (with "did you mean") if none."""
-    if store.has_manifest("increments", _key(base, text)):
-        return text
-    try:
-        slug = concept_name(text)
-    except InvalidInput:
-        slug = ""
-    if slug and store.has_manifest("increments", _key(base, slug)):
-        return slug
+    if is_path_like(text):
+        validate_name(text, "concept name")  # refused: a lookup never builds a path from it
+    for cand in lookup_names(text):
+        if store.has_manifest("increments", _key(base, cand)):
+            return cand
+    slug = slugify(text)
     names = [k.split("/", 1)[1] for k in store.list_manifests("increments", base)]
     close = did_you_mean(slug or text, names)
     create = f"create it with `sepme erase {quote(text)} --base {quote(base)}`"

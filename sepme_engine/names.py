@@ -6,8 +6,35 @@ No dependencies beyond the standard library (importable from the torch-free path
 from __future__ import annotations
 
 import difflib
+import re
 import shlex
 from collections.abc import Iterable
+
+_VALID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")  # the store's names (store.core.validate_name)
+
+
+def slugify(text: str) -> str:
+    """The store name `text` becomes: 'Van Gogh' -> 'van-gogh' ('' when nothing is left)."""
+    slug = re.sub(r"[^a-z0-9._-]+", "-", text.strip().lower()).strip("-._")
+    return re.sub(r"\.{2,}", ".", slug)[:64].strip("-._")
+
+
+def is_path_like(text: str) -> bool:
+    """Whether `text` could steer a path ('/', '\\', '..' or a control character): such a text
+    is refused as a name, never turned into one."""
+    return any(s in text for s in ("/", "\\", "..")) or any(ord(c) < 32 for c in text)
+
+
+def lookup_names(text: str) -> list[str]:
+    """The stored names a user's `text` may denote, most literal first: the text itself, its
+    lowercase, its slug (only valid store names; none for a path-like text)."""
+    if is_path_like(text):
+        return []
+    out: list[str] = []
+    for cand in (text, text.strip().lower(), slugify(text)):
+        if _VALID.match(cand) and ".." not in cand and cand not in out:
+            out.append(cand)
+    return out
 
 
 def quote(name: str) -> str:

@@ -38,6 +38,7 @@ from sepme_engine.errors import (
     SchemaTooNew,
     StoreLocked,
 )
+from sepme_engine.names import slugify
 from sepme_engine.store import faults
 from sepme_engine.store.atomic import _fsync_dir, clean_stale, write_json
 from sepme_engine.store.schema import DIGEST, HINT, blob_error, check_manifest, kind_of
@@ -53,7 +54,7 @@ def validate_name(name: str, what: str = "name") -> str:
     if isinstance(name, str) and _NAME.match(name) and ".." not in name:
         return name
     name = str(name)
-    suggestion = re.sub(r"[^a-z0-9._-]+", "-", name.lower()).strip("-._").replace("..", ".")[:64]
+    suggestion = slugify(name)
     if len(name) > 80:
         name = name[:77] + "..."
     hint = f"try {suggestion!r}" if suggestion else "use letters, digits, '.', '_' or '-'"
