@@ -57,13 +57,16 @@ from sepme_engine.toy.judge import judge_batch
 from sepme_engine.toy.world import axis_of, full_caption
 
 RESULTS = Path(__file__).parent / "results"
-METHODS = ("sepme", "esd-x", "fmn", "uce")
+METHODS = ("sepme", "sepme-cf", "esd-x", "fmn", "uce")
 SCENES: list[tuple[str, list[str], str | None]] = [
     ("1: shapes", ["circle", "triangle"], "circle"),
     ("2: colours", ["red", "green", "blue"], "red"),
     ("3: one per axis", ["cross", "yellow", "checks"], "checks"),
     ("4: capacity", ["red", "green", "blue", "circle", "triangle", "checks"], None),
+    ("5: multi-concept", ["circle", "square", "red"], "square"),
 ]
+# SepME's cost to reach the erasure level: the default run cut at these caps (min_steps + 1 first)
+SEPME_COST_CAPS = (11, 22, 44)
 
 
 @dataclass
@@ -184,7 +187,7 @@ class Trainer:
         self.settings = dict(ERASE_DEFAULTS["toy"])
         self.latents: dict[str, tuple[torch.Tensor, int]] = {}
         self.log: list[dict[str, Any]] = []
-        self.trained: dict[tuple[str, tuple[str, ...], float], tuple[Any, dict[str, Any]]] = {}
+        self.trained: dict[tuple[str, tuple[str, ...], float, int], tuple[Any, dict[str, Any]]] = {}
 
     def data(self, concept: str) -> tuple[torch.Tensor, int, bool]:
         if concept in self.latents:
@@ -220,18 +223,24 @@ class Trainer:
             max_steps=int(max_steps or self.k.sepme_steps or s["steps"]),
             batch_size=int(s["batch_size"]),
             seed=int(s["seed"]),
+            init=str(s["init"]),
+            anchor=str(s["anchor"]),
         )
 
     def sepme(
-        self, concept: str, others: list[str], tau: float | None = None
+        self,
+        concept: str,
+        others: list[str],
+        tau: float | None = None,
+        max_steps: int | None = None,
     ) -> tuple[Any, dict[str, Any]]:
         """(increment, its training record). Training is deterministic, so an increment whose
-        concept, E_k and τ were trained before is reused, with its record (logged once)."""
+        concept, E_k, τ and cap were trained before is reused, with its record (logged once)."""
         from sepme_engine.erase.sepme import train_sepme
 
-        cfg = self.config(tau)
+        cfg = self.config(tau, max_steps)
         e_k = self.e_k(concept, others)
-        key = (concept, tuple(e_k), cfg.tau)
+        key = (concept, tuple(e_k), cfg.tau, cfg.max_steps)
         if key not in self.trained:
             lat, data_passes, _ = self.data(concept)
             r = train_sepme(self.pipe, concept, e_k, lat, cfg, "cpu")
@@ -258,7 +267,10 @@ class Trainer:
         )
         default = r.snapshots.get(tau, r)  # absent: both ran to the cap, the whole run is it
         self._sepme_record(concept, e_k, tau, default, r, data_passes)
-        self.trained[(concept, tuple(e_k), tau)] = (default.increment, self.log[-1])
+        self.trained[(concept, tuple(e_k), tau, self.config().max_steps)] = (
+            default.increment,
+            self.log[-1],
+        )
         self._sepme_record(concept, e_k, tau_low, r, r, data_passes)
         self.log[-1]["probe_iterations"] = probe.iterations
         return (default.increment, self.log[-2]), (r.increment, self.log[-1])
@@ -284,7 +296,25 @@ class Trainer:
             },
         )
 
-    def baseline(self, method: str, concept: str, steps: int | None = None) -> Any:
+    def baseline(
+        self, method: str, concept: str, steps: int | None = None, others: list[str] | None = None
+    ) -> Any:
+        if method == "sepme-cf":
+            from sepme_engine.erase.sepme import closed_form_sepme
+
+            e_k = self.e_k(concept, others or [])
+            rc = closed_form_sepme(self.pipe, concept, e_k, self.config(), "cpu")
+            self._record(
+                method,
+                concept,
+                0,
+                0,
+                0,
+                rc.wall_s,
+                rc.stop_reason,
+                extra={"m_k": rc.m_k, "e_k": len(e_k) + 1, "kv_gap_left": rc.cf_gap_left},
+            )
+            return rc.increment
         lat, data_passes, _ = self.data(concept)
         if method == "esd-x":
             from sepme_engine.erase.esd import EsdConfig, train_esd
@@ -529,7 +559,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     save(False)
 
     # -- scenes ---------------------------------------------------------------------------------
-    baseline_incs: dict[tuple[str, str], Any] = {}
+    baseline_incs: dict[tuple[Any, ...], Any] = {}
     result["scenes"] = {}
     for title, concepts, restore in scenes:
         scene: dict[str, Any] = {"concepts": concepts, "restore": restore, "methods": {}}
@@ -537,8 +567,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             log(f"scene {title}: {method}")
             incs: dict[str, Any] = {}
             for c in concepts:
+                others = [o for o in concepts if o != c]
                 if method == "sepme":
-                    incs[c] = trainer.sepme(c, [o for o in concepts if o != c])[0]
+                    incs[c] = trainer.sepme(c, others)[0]
+                elif method == "sepme-cf":
+                    key = (method, c, tuple(trainer.e_k(c, others)))
+                    if key not in baseline_incs:
+                        baseline_incs[key] = trainer.baseline(method, c, others=others)
+                    incs[c] = baseline_incs[key]
                 else:
                     if (method, c) not in baseline_incs:
                         baseline_incs[(method, c)] = trainer.baseline(method, c)
@@ -559,8 +595,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cost: dict[str, Any] = {}
     target = "circle"
     for method in methods:
-        if method == "uce":
-            inc = baseline_incs.get(("uce", target)) or trainer.baseline("uce", target)
+        if method in ("uce", "sepme-cf"):
+            inc = baseline_incs.get((method, target)) or trainer.baseline(method, target)
             ev = evaluator.run(sum_deltas([inc]), bare=[target])
             cost[method] = {
                 "reached": ev["bare"][target] - chance[target] <= 0,
@@ -568,13 +604,30 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "bare_lift": ev["bare"][target] - chance[target],
             }
         elif method == "sepme":
-            inc, rec = trainer.sepme(target, [])  # trained in scenes 1 and 4 when they ran
-            ev = evaluator.run(sum_deltas([inc]), bare=[target])
-            lift = ev["bare"][target] - chance[target]
+            # the default run cut at growing caps (deterministic: each is a prefix of the
+            # default run), then the default run itself; the first to reach lift <= 0 counts
+            default_cap = trainer.config().max_steps
+            tried = []
+            for cap in [c for c in SEPME_COST_CAPS if c < default_cap] + [default_cap]:
+                log(f"cost: sepme {target} cap {cap}")
+                inc, rec = trainer.sepme(target, [], max_steps=cap)
+                ev = evaluator.run(sum_deltas([inc]), bare=[target])
+                lift = ev["bare"][target] - chance[target]
+                tried.append(
+                    {
+                        "cap": cap,
+                        "iterations": rec["iterations"],
+                        "unet_passes": rec["unet_passes_total"],
+                        "bare_lift": lift,
+                    }
+                )
+                if lift <= 0:
+                    break
+            ok = [t for t in tried if t["bare_lift"] <= 0]
             cost[method] = {
-                "reached": lift <= 0,
-                "unet_passes": rec["unet_passes_total"],
-                "bare_lift": lift,
+                "reached": bool(ok),
+                "unet_passes": ok[0]["unet_passes"] if ok else None,
+                "tried": tried,
             }
         else:
             steps_list = knobs.esd_caps if method == "esd-x" else (knobs.fmn_steps,)

@@ -184,3 +184,41 @@ def test_baseline_methods_store_increments(tiny_base: str, method: str) -> None:
     o = json.loads(res.stdout)["outcomes"][0]
     assert o["method"] == method and o["norm"] > 0
     assert json.loads(run("show", "cat", "--json").stdout)["method"] == method
+
+
+def test_closed_form_method_and_the_verdict(tiny_base: str, store: Store) -> None:
+    res = run("erase", "cat", "--method", "sepme-cf", "--json")
+    assert res.exit_code == 0, res.output
+    o = json.loads(res.stdout)["outcomes"][0]
+    assert o["method"] == "sepme-cf" and o["iterations"] == 0 and o["stop_reason"] == "closed-form"
+    assert o["unet_passes_data"] == 0 and o["unet_passes_training"] == 0
+    assert o["verdict"] in ("erased", "weakened", "not erased")
+    assert isinstance(o["correlation"], float) and o["unet_passes_verdict"] == 3 * 16
+    assert (o["verdict"] == "erased") == (o["next_step"] == "")
+    shown = json.loads(run("show", "cat", "--json").stdout)
+    assert shown["preserve_prompts"] == [""] and shown["stats"]["verdict"]["status"] == o["verdict"]
+    # the table names the verdict and its evidence
+    res = run("erase", "dog", "--method", "sepme-cf")
+    assert res.exit_code == 0, res.output
+    assert "verdict" in res.stdout and "ρ" in res.stdout
+    # --until-erased retrains SepME only
+    res = run("erase", "bird", "--method", "uce", "--until-erased")
+    assert res.exit_code == 1 and "--until-erased" in res.stderr
+    assert res.exception is None or isinstance(res.exception, SystemExit)
+
+
+def test_until_erased_trains_again_with_a_lower_tau(tiny_base: str, store: Store) -> None:
+    # a 12-iteration cap and a tiny learning rate: not erased after the first run
+    (store.root / "config.toml").write_text(
+        "[erase.sd1]\nimage_steps = 2\nuntil_rounds = 2\n", encoding="utf-8"
+    )
+    args = ["--steps", "12", "--images", "1", "--lr", "1e-6", "--beta", "1e-6", "--init", "zero"]
+    res = run("erase", "cat", *args, "--until-erased", "--json")
+    assert res.exit_code == 0, res.output
+    o = json.loads(res.stdout)["outcomes"][0]
+    assert o["verdict"] == "not erased"
+    assert o["rounds"] == 3  # the first training and the 2 allowed more
+    assert o["stop_reason"] == "cap" and o["iterations"] == 48  # the cap doubled twice
+    res = run("erase", "dog", *args, "--until-erased")
+    assert res.exit_code == 0
+    assert "training again" in res.stderr and "not erased — next:" in res.stderr
