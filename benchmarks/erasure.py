@@ -7,14 +7,16 @@ Everything is seeded. Sections:
 
 * base: the toy base's per-concept accuracy on the evaluation prompts and its chance rates
   (each concept's rate in samples of the blank prompt);
-* scenes 1–4: erase a set at t0, restore one at t1 (scene 4: six concepts at once), for every
-  method; SepME increments are trained per scene in the all-known scenario, their E_k built as
+* scenes 1–5: erase a set at t0, restore one at t1 (scene 4: six concepts at once; scene 5: two
+  shapes and a colour in one call, then restore square), for every method (SepME with its
+  defaults — closed-form start, then G-CiRs; `sepme-cf`: the closed form alone); SepME increments are trained per scene in the all-known scenario, their E_k built as
   `sepme erase` builds it (the scene's other concepts + the toy profile's default preserve
   prompts, i.e. the other toy concepts — so a concept's E_k is the same in every scene and its
   increment, trained deterministically, is trained once and reused); the baselines per concept
   and merged by adding their ΔW (UCE preserves the same E_k);
 * cost: UNet passes, iterations and wall time per concept, and the passes needed to bring the
-  bare prompt's lift to ≤ 0 (ESD-x with doubling iteration caps).
+  bare prompt's lift to ≤ 0 (ESD-x with doubling iteration caps; SepME's default run cut at
+  11, 22, 44 iterations and then whole — each cut is a prefix of the same deterministic run).
 
 The erase issue's single-concept bar (circle, red, stripes erased alone, with more samples) is
 `benchmarks/erase_bar.py`.

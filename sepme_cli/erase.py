@@ -26,15 +26,15 @@ def step_stats(iteration: int, momentum: float, tau: float, rate: float) -> str:
 
 @contextmanager
 def _progress() -> Any:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    from rich.progress import BarColumn, Progress, TextColumn
 
-    # Fits 80 columns: "circle: images ━━━━━━━━━━ 8/8" while the training images are drawn, then
-    # "circle: erasing it   86  m -9.1e-04 < τ -1e-03  4.2 it/s" (no ETA: SepME stops when the
-    # momentum falls below τ, usually long before the iteration cap).
+    # Fits 80 columns (concept names are cut to 14 characters): "circle: images ━━━━━━━━━━ 8/8"
+    # while the training images are drawn, then "circle: erasing ━━━━━━━━━━ it   86  m -9.1e-04 <
+    # τ -1e-03  4.2 it/s" (no ETA against the cap: SepME stops when the momentum m_n falls below
+    # τ, usually long before the cap; the bar pulses).
     with Progress(
         TextColumn("[bold]{task.description}"),
-        BarColumn(bar_width=16),
-        MofNCompleteColumn(),
+        BarColumn(bar_width=10),
         TextColumn("{task.fields[stats]}"),
         console=err,
     ) as bar:
@@ -50,7 +50,9 @@ def _progress() -> Any:
                     tasks[key] = bar.add_task(
                         f"{_short(ev.concept)}: images", total=ev.total, stats=""
                     )
-                bar.update(tasks[key], completed=ev.done, total=ev.total)
+                bar.update(
+                    tasks[key], completed=ev.done, total=ev.total, stats=f"{ev.done}/{ev.total}"
+                )
             elif ev.kind == "round":
                 i = ev.info
                 taus[ev.concept] = float(i["tau"])

@@ -222,3 +222,15 @@ def test_until_erased_trains_again_with_a_lower_tau(tiny_base: str, store: Store
     res = run("erase", "dog", *args, "--until-erased")
     assert res.exit_code == 0
     assert "training again" in res.stderr and "not erased — next:" in res.stderr
+
+
+def test_progress_line_fits_80_columns() -> None:
+    from sepme_cli.erase import _short, step_stats
+
+    worst = step_stats(9999, -1.2345e-3, -1e-3, 123.4)
+    assert len(worst) <= 44 and "<" in worst and "τ -1e-03" in worst
+    assert "≥" in step_stats(3, 2e-3, -1e-3, 1.0)
+    name = _short("a very long concept name indeed")
+    assert len(name) == 14
+    # description + bar (10) + stats, with the columns' single spaces
+    assert len(f"{name}: erasing") + 1 + 10 + 1 + len(worst) <= 80

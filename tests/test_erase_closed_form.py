@@ -60,7 +60,7 @@ def test_closed_form_leaves_every_preserved_prompt_unchanged(pipe) -> None:
     d = inc.basis.shape[1]
     for prompt in ["", *PRESERVE]:
         e = encode_prompts(pipe, [prompt])[0].double()  # [L, d]
-        for name, module in cross_attention_kv(pipe.unet):
+        for name, _ in cross_attention_kv(pipe.unet):
             dw = inc.delta(name).double()
             moved = float((e @ dw.T).norm())
             # S's rows are null for E up to rtol (1e-6 relative, nullspace.py) plus float32
