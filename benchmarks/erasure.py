@@ -479,7 +479,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--methods", default=",".join(METHODS))
-    ap.add_argument("--scenes", default="1,2,3,4")
+    ap.add_argument("--cost-methods", help="methods of the cost section (default: --methods)")
+    ap.add_argument("--scenes", default="1,2,3,4,5", help="scenes to run, in this order")
     ap.add_argument("--n", type=int, help="samples per prompt (default 8, quick 4)")
     ap.add_argument(
         "--full-size", type=int, default=12, choices=(6, 12, 24), help="full prompts in the set"
@@ -570,7 +571,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # not depend on the order — every training and every evaluation is seeded on its own)
     cost: dict[str, Any] = {}
     target = "circle"
-    for method in methods:
+    cost_methods = [m for m in (args.cost_methods or args.methods).split(",") if m]
+    for method in cost_methods:
         if method in ("uce", "sepme-cf"):
             inc = baseline_incs.get((method, target)) or trainer.baseline(method, target)
             ev = evaluator.run(sum_deltas([inc]), bare=[target])
