@@ -5,7 +5,7 @@ device = "auto"          # auto | cpu | cuda | mps
 dtype = "auto"           # frozen weights on GPU: auto | fp32 | fp16 | bf16
 [erase]                  # SepME hyper-parameters for every base
 lr = 0.01
-[erase.toy]              # ... or for one architecture (toy, sd1, sd2, sd2-v)
+[erase.toy]              # ... or for one architecture (toy, sd1, sd2, sd2-v, sdxl)
 steps = 200
 preserve = []            # the profile's default preserve prompts (toy: its other concepts)
 """
@@ -44,7 +44,7 @@ ERASE_KEYS: dict[str, type] = {
     "verify_samples": int,  # toy base: images per prompt for the judged verdict (0: off)
     "until_rounds": int,  # --until-erased: at most this many extra trainings, τ lowered each
 }
-ARCHES = ("toy", "sd1", "sd2", "sd2-v")
+ARCHES = ("toy", "sd1", "sd2", "sd2-v", "sdxl")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "fp32", "fp16", "bf16")
 
@@ -100,6 +100,9 @@ ERASE_DEFAULTS: dict[str, dict[str, Any]] = {
     "sd1": dict(SD_ERASE_DEFAULTS),
     "sd2": dict(SD_ERASE_DEFAULTS),
     "sd2-v": dict(SD_ERASE_DEFAULTS),
+    # SDXL: the paper's SD values as they are (its to_k/to_v see the 2048-d concatenation of the
+    # two text encoders' penultimate hidden states; nothing in the method depends on the width)
+    "sdxl": dict(SD_ERASE_DEFAULTS),
     "toy": dict(TOY_ERASE_DEFAULTS),
 }
 TOP_DEFAULTS: dict[str, Any] = {"device": "auto", "dtype": "auto"}
