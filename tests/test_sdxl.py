@@ -1,0 +1,264 @@
+"""SDXL bases on a tiny SDXL-architecture model (tests/_tiny.make_sdxl_pipeline: the shipped
+SDXL base 1.0 topology at reduced width): detection, import from a diffusers folder and an
+A1111/ComfyUI single file, the prompt embedding and the UNet's added conditioning, erasure with
+SepME / sepme-cf / the baselines, decoupling on SDXL shapes, exports, refusals."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from sepme_engine.erase import hooks
+from sepme_engine.erase.sepme import SepMEConfig, closed_form_sepme, train_sepme
+from sepme_engine.erase.text import encode_prompts, encode_prompts_xl
+from sepme_engine.errors import InvalidInput, UnsupportedModel
+from sepme_engine.models.arch import ARCHS, cross_attention_kv
+from sepme_engine.models.detect import KNOWN_BASES, inspect_source
+from sepme_engine.models.ldm_keys import SDXL_CLIP_PREFIX, SDXL_OPENCLIP_PREFIX, pipeline_to_ldm
+from sepme_engine.models.load import load_pipeline
+from tests._fixtures import save_diffusers, save_single_file
+from tests._tiny import XL_TEXT_WIDTHS, make_sdxl_pipeline
+
+COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2")
+FAST = SepMEConfig(max_steps=3, min_steps=1, lr=0.5, seed=0)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def pipe() -> Any:
+    return make_sdxl_pipeline(seed=0, max_length=8)
+
+
+@pytest.fixture(scope="module")
+def files(pipe: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("sdxl")
+    return {
+        "diffusers": save_diffusers(pipe, root / "folder"),
+        "single_file": save_single_file(pipe, "sdxl", root / "sdxl.safetensors"),
+    }
+
+
+@pytest.fixture(scope="module")
+def latents() -> torch.Tensor:
+    return torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(5))
+
+
+def _same_weights(a: Any, b: Any) -> None:
+    for comp in COMPONENTS:
+        sa, sb = getattr(a, comp).state_dict(), getattr(b, comp).state_dict()
+        assert sa.keys() == sb.keys(), comp
+        bad = [k for k in sa if not torch.equal(sa[k], sb[k])]
+        assert not bad, (comp, bad[:3])
+
+
+def _predict(pipe: Any, prompts: list[str], seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    n = len(prompts)
+    x = torch.randn(n, 4, 8, 8, generator=g)
+    t = torch.randint(0, 1000, (n,), generator=g)
+    with torch.no_grad():
+        return pipe.unet(x, t, encoder_hidden_states=encode_prompts(pipe, prompts)).sample
+
+
+# --- architecture tables and shipped configs ---------------------------------------------------
+
+
+def test_sdxl_arch_and_shipped_configs_build_the_real_model_on_meta() -> None:
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from sepme_engine.models.configs import shipped_configs
+
+    facts = ARCHS["sdxl"]
+    assert facts.text_width == 2048 and facts.sample_size == 128 and facts.pad_token == "!"
+    assert KNOWN_BASES["sdxl"] == "stabilityai/stable-diffusion-xl-base-1.0"
+    cfgs = shipped_configs("sdxl")
+    assert cfgs["tokenizer"]["clip"]["pad_token"] == "<|endoftext|>"
+    assert cfgs["tokenizer_2"]["clip"]["pad_token"] == "!"
+    unet_cfg = {k: v for k, v in cfgs["unet"].items() if not k.startswith("_")}
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(unet_cfg)
+        te1 = CLIPTextModel(CLIPTextConfig(**cfgs["text_encoder"]))
+        te2 = CLIPTextModelWithProjection(CLIPTextConfig(**cfgs["text_encoder_2"]))
+    kv = cross_attention_kv(unet)
+    assert len(kv) == 2 * facts.n_cross_attn_layers  # 70 attn2 modules, to_k and to_v each
+    assert {tuple(m.weight.shape[1:]) for _, m in kv} == {(2048,)}
+    assert sum(p.numel() for p in unet.parameters()) == 2_567_463_684  # SDXL base UNet
+    # the cross-attention width is the two encoders' hidden sizes together
+    assert te1.config.hidden_size + te2.config.hidden_size == 2048
+    # text_time: 6 time ids x 256 + the pooled 1280-d bigG projection
+    assert unet.add_embedding.linear_1.in_features == 6 * 256 + te2.config.projection_dim
+
+
+# --- detection and import --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["diffusers", "single_file"])
+def test_import_detects_sdxl_and_loads_every_weight(pipe: Any, files: dict, kind: str) -> None:
+    info = inspect_source(files[kind])
+    assert info.kind == kind and info.arch == "sdxl" and info.family == "sdxl"
+    assert info.text_width == sum(XL_TEXT_WIDTHS)
+    assert info.prediction_type == "epsilon" and not info.notes
+    # 17 attn2 modules at this size: levels 1 (2 down + 3 up, depth 1), 2 (2 + 3, depth 2), mid 2
+    assert len(info.cross_attn_layers) == 2 * (5 + 10 + 2)
+    assert any(".transformer_blocks.1.attn2" in n for n, _ in info.cross_attn_layers)
+    loaded = load_pipeline(info)
+    assert type(loaded).__name__ == "StableDiffusionXLPipeline"
+    _same_weights(pipe, loaded)
+    assert not loaded.unet.training and not loaded.text_encoder_2.training
+
+
+def test_single_file_has_the_sgm_layout(pipe: Any) -> None:
+    ldm = pipeline_to_ldm(pipe, "sdxl")
+    keys = set(ldm)
+    assert SDXL_CLIP_PREFIX + "embeddings.token_embedding.weight" in keys
+    assert SDXL_OPENCLIP_PREFIX + "transformer.resblocks.2.attn.in_proj_weight" in keys
+    assert "model.diffusion_model.label_emb.0.0.weight" in keys
+    assert "model.diffusion_model.input_blocks.7.1.transformer_blocks.1.attn2.to_k.weight" in keys
+    assert "model.diffusion_model.output_blocks.2.1.transformer_blocks.1.attn2.to_v.weight" in keys
+    assert not any(k.startswith("cond_stage_model.") for k in keys)
+    # OpenCLIP: fused q, k, v; text_projection stored as x @ P (the transpose of diffusers')
+    w2 = XL_TEXT_WIDTHS[1]
+    assert ldm[SDXL_OPENCLIP_PREFIX + "transformer.resblocks.0.attn.in_proj_weight"].shape == (
+        3 * w2,
+        w2,
+    )
+    proj = pipe.text_encoder_2.text_projection.weight
+    assert torch.equal(ldm[SDXL_OPENCLIP_PREFIX + "text_projection"], proj.T)
+
+
+def test_refiner_and_other_families_keep_a_clear_refusal(pipe: Any, tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    ldm = {k: v.contiguous() for k, v in pipeline_to_ldm(pipe, "sdxl").items()}
+    # a refiner: label_emb and one OpenCLIP text encoder under embedders.0
+    refiner = {
+        k.replace(SDXL_OPENCLIP_PREFIX, "conditioner.embedders.0.model."): v
+        for k, v in ldm.items()
+        if not k.startswith(SDXL_CLIP_PREFIX)
+    }
+    save_file(refiner, str(tmp_path / "refiner.safetensors"))
+    with pytest.raises(UnsupportedModel, match="refiner"):
+        inspect_source(tmp_path / "refiner.safetensors")
+    # bigG without the ViT-L encoder
+    save_file(
+        {k: v for k, v in ldm.items() if not k.startswith(SDXL_CLIP_PREFIX)},
+        str(tmp_path / "half.safetensors"),
+    )
+    with pytest.raises(UnsupportedModel, match="lacks the text encoder"):
+        inspect_source(tmp_path / "half.safetensors")
+    # a refiner diffusers folder (no text_encoder) and an SD3 one
+    for cls, te in (("StableDiffusionXLImg2ImgPipeline", None), ("StableDiffusion3Pipeline", 1)):
+        folder = tmp_path / cls
+        folder.mkdir()
+        index = {"_class_name": cls, "text_encoder": [None, None] if te is None else ["t", "C"]}
+        (folder / "model_index.json").write_text(json.dumps(index))
+        with pytest.raises(UnsupportedModel, match=cls):
+            inspect_source(folder)
+
+
+def test_sdxl_pickle_is_refused_with_a_hint(pipe: Any, tmp_path: Path) -> None:
+    path = tmp_path / "sdxl.ckpt"
+    torch.save({"state_dict": pipeline_to_ldm(pipe, "sdxl")}, str(path))
+    from sepme_engine.models.configs import pipeline_configs
+
+    with pytest.raises(UnsupportedModel, match="safetensors"):
+        load_pipeline(path, allow_pickle=True, configs=pipeline_configs(pipe))
+
+
+# --- the prompt embedding and the UNet's added conditioning -----------------------------------
+
+
+def test_encoding_is_the_pipelines_and_the_hook_sends_its_added_conditioning(pipe: Any) -> None:
+    emb, pooled = encode_prompts_xl(pipe, ["a cat", "a red car"])
+    for i, prompt in enumerate(["a cat", "a red car"]):
+        ref, _, ref_pooled, _ = pipe.encode_prompt(prompt, do_classifier_free_guidance=False)
+        assert torch.equal(emb[i : i + 1], ref) and torch.equal(pooled[i : i + 1], ref_pooled)
+    assert emb.shape == (2, 8, sum(XL_TEXT_WIDTHS))
+    assert torch.equal(encode_prompts(pipe, ["a cat"]), emb[:1])
+    # the two tokenizers pad differently (eos vs "!"), as SDXL's do
+    assert pipe.tokenizer.pad_token == "<|endoftext|>" and pipe.tokenizer_2.pad_token == "!"
+
+    size = pipe.default_sample_size * pipe.vae_scale_factor
+    x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    t = torch.tensor([10, 700])
+    explicit = {
+        "text_embeds": pooled.flip(0),
+        "time_ids": torch.tensor([[size, size, 0, 0, size, size]] * 2, dtype=torch.float32),
+    }
+    e = emb.flip(0)  # rows in another order than encoded: looked up by content
+    with torch.no_grad():
+        implicit = pipe.unet(x, t, encoder_hidden_states=e).sample
+        given = pipe.unet(x, t, encoder_hidden_states=e, added_cond_kwargs=explicit).sample
+        wrong = dict(explicit, text_embeds=pooled)
+        swapped = pipe.unet(x, t, encoder_hidden_states=e, added_cond_kwargs=wrong).sample
+    assert torch.equal(implicit, given)
+    assert not torch.equal(implicit, swapped)  # the pooled embedding matters
+    with pytest.raises(InvalidInput, match="encode_prompts did not produce"):
+        pipe.unet(x, t, encoder_hidden_states=torch.randn_like(e))
+
+
+# --- erasure ---------------------------------------------------------------------------------
+
+
+def test_sepme_on_sdxl_decouples_preserved_prompts_exactly(pipe: Any, latents: Any) -> None:
+    preserve = ["a dog", "a red car"]
+    r = train_sepme(pipe, "a cat", preserve, latents, FAST, "cpu")
+    inc = r.increment
+    d = sum(XL_TEXT_WIDTHS)
+    assert r.iterations == 3 and inc.basis.shape[1] == d and 0 < r.m_k < d
+    assert len(inc.layer_names()) == 2 * 17
+    # ΔW e(c)ᵀ = 0 for the preserved prompts' 2048-d (here 48-d) concatenated embeddings
+    kept = ["", *preserve]
+    emb = encode_prompts(pipe, kept).double()
+    deltas = hooks.sum_deltas([inc])
+    for name, delta in deltas.items():
+        out = delta.double() @ emb.reshape(-1, d).T
+        scale = float(delta.double().abs().max() * emb.abs().max()) * d
+        assert float(out.abs().max()) <= 1e-6 * scale, name
+    base_kept, base_cat = _predict(pipe, kept), _predict(pipe, ["a cat"])
+    scale = float(base_kept.abs().max())
+    with hooks.apply_deltas_inplace(pipe.unet, deltas):
+        merged_kept, merged_cat = _predict(pipe, kept), _predict(pipe, ["a cat"])
+    assert float((merged_kept - base_kept).abs().max()) <= 1e-5 * scale
+    assert not torch.equal(merged_cat, base_cat)
+
+
+def test_closed_form_on_sdxl_maps_the_concept_onto_the_anchor(pipe: Any) -> None:
+    r = closed_form_sepme(pipe, "a cat", ["a dog"], FAST, "cpu")
+    assert r.stop_reason == "closed-form" and r.increment.basis.shape[1] == sum(XL_TEXT_WIDTHS)
+    assert r.cf_gap_left is not None and r.cf_gap_left < 1.0
+    kept = ["", "a dog"]
+    base = _predict(pipe, kept)
+    with hooks.apply_deltas_inplace(pipe.unet, hooks.sum_deltas([r.increment])):
+        after = _predict(pipe, kept)
+    assert float((after - base).abs().max()) <= 1e-5 * float(base.abs().max())
+
+
+def test_baselines_run_on_sdxl_shapes(pipe: Any, latents: Any) -> None:
+    from sepme_engine.erase.esd import EsdConfig, train_esd
+    from sepme_engine.erase.fmn import FmnConfig, train_fmn
+    from sepme_engine.erase.uce import UceConfig, train_uce
+
+    before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    d = sum(XL_TEXT_WIDTHS)
+    esd = train_esd(pipe, "a cat", latents, EsdConfig(steps=2, lr=1e-3, seed=0), "cpu")
+    fmn = train_fmn(pipe, "a cat", latents, FmnConfig(steps=2, lr=1e-2, seed=0), "cpu")
+    uce = train_uce(pipe, "a cat", ["a dog"], UceConfig(), "cpu")
+    for result in (esd, fmn, uce):
+        deltas = hooks.sum_deltas([result.increment])
+        assert deltas and all(v.shape[1] == d for v in deltas.values())
+        assert any(float(v.abs().max()) > 0 for v in deltas.values())
+    assert all(torch.equal(v, before[k]) for k, v in pipe.unet.state_dict().items())
