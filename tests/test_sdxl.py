@@ -19,7 +19,12 @@ from sepme_engine.erase.text import encode_prompts, encode_prompts_xl
 from sepme_engine.errors import InvalidInput, UnsupportedModel
 from sepme_engine.models.arch import ARCHS, cross_attention_kv
 from sepme_engine.models.detect import KNOWN_BASES, inspect_source
-from sepme_engine.models.ldm_keys import SDXL_CLIP_PREFIX, SDXL_OPENCLIP_PREFIX, pipeline_to_ldm
+from sepme_engine.models.ldm_keys import (
+    SDXL_CLIP_PREFIX,
+    SDXL_OPENCLIP_PREFIX,
+    ldm_attention_module_names,
+    pipeline_to_ldm,
+)
 from sepme_engine.models.load import load_pipeline
 from tests._fixtures import save_diffusers, save_single_file
 from tests._tiny import XL_TEXT_WIDTHS, make_sdxl_pipeline
@@ -262,3 +267,126 @@ def test_baselines_run_on_sdxl_shapes(pipe: Any, latents: Any) -> None:
         assert deltas and all(v.shape[1] == d for v in deltas.values())
         assert any(float(v.abs().max()) > 0 for v in deltas.values())
     assert all(torch.equal(v, before[k]) for k, v in pipe.unet.state_dict().items())
+
+
+# --- exports ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def erased(pipe: Any) -> Any:
+    """A closed-form SDXL increment blown up so that ΔW is comparable to W (exports must carry
+    it exactly, not round it away)."""
+    from sepme_engine.erase.increment import Increment
+
+    inc = closed_form_sepme(pipe, "a cat", ["a dog"], FAST, "cpu").increment
+    g = torch.Generator().manual_seed(3)
+    coefs = {k: 0.3 * torch.randn(v.shape, generator=g) for k, v in inc.coefs.items()}
+    return Increment.factored(inc.basis, coefs)
+
+
+def _assert_composed(pipe: Any, loaded: Any, deltas: dict[str, torch.Tensor]) -> None:
+    """`loaded` (fp32) has W + ΔW on the increment's layers and W everywhere else."""
+    for comp in COMPONENTS:
+        base, got = getattr(pipe, comp).state_dict(), getattr(loaded, comp).state_dict()
+        assert base.keys() == got.keys(), comp
+        for k, v in base.items():
+            layer = k[: -len(".weight")]
+            if comp == "unet" and layer in deltas:
+                # (W.float() + ΔW).to(fp32) written, read back bit-for-bit
+                assert torch.equal(got[k], v + deltas[layer]), k
+            else:
+                assert torch.equal(got[k], v), (comp, k)
+
+
+def test_ldm_export_loads_in_diffusers_and_back_into_sepme(
+    pipe: Any, erased: Any, tmp_path: Path
+) -> None:
+    from diffusers import StableDiffusionXLPipeline
+    from safetensors import safe_open
+
+    from sepme_engine.export.single_file import export_single_file
+    from sepme_engine.models.configs import write_config_dir
+
+    deltas = hooks.sum_deltas([erased])
+    out = tmp_path / "xl.safetensors"
+    report = export_single_file(pipe, deltas, out, arch="sdxl", dtype="fp32", erased=["a cat"])
+    meta = report.metadata
+    assert meta["modelspec.architecture"] == "stable-diffusion-xl-v1-base"
+    assert meta["modelspec.prediction_type"] == "epsilon" and meta["sepme.arch"] == "sdxl"
+    assert meta["modelspec.resolution"] == "64x64"  # tiny: sample 8 x VAE scale 8
+    assert "Stable Diffusion XL" in meta["modelspec.description"]
+    with safe_open(str(out), "pt") as f:
+        keys = set(f.keys())
+    assert SDXL_OPENCLIP_PREFIX + "text_projection" in keys
+    assert "model.diffusion_model.label_emb.0.2.bias" in keys
+
+    cfg = write_config_dir(json.loads(meta["sepme.configs"]), tmp_path / "cfg")
+    assert (cfg / "text_encoder_2" / "config.json").is_file()
+    loaded = StableDiffusionXLPipeline.from_single_file(
+        str(out), config=str(cfg), local_files_only=True
+    )
+    _assert_composed(pipe, loaded, deltas)
+    assert loaded.tokenizer_2.pad_token == "!"
+    # and sepme reads its own export back as an SDXL base (embedded configs)
+    info = inspect_source(out)
+    assert info.arch == "sdxl" and info.has_embedded_config and not info.notes
+    _assert_composed(pipe, load_pipeline(info), deltas)
+
+
+def test_diffusers_export_round_trip(pipe: Any, erased: Any, tmp_path: Path) -> None:
+    from sepme_engine.export.diffusers_dir import export_diffusers
+
+    deltas = hooks.sum_deltas([erased])
+    out = tmp_path / "xl-dir"
+    export_diffusers(pipe, deltas, out, dtype="fp32", profile="sdxl")
+    index = json.loads((out / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionXLPipeline"
+    assert (out / "text_encoder_2" / "model.safetensors").is_file()
+    info = inspect_source(out)
+    assert info.arch == "sdxl" and info.profile == "sdxl"
+    _assert_composed(pipe, load_pipeline(info), deltas)
+
+
+def test_lora_export_has_kohya_sdxl_names_and_fuses_in_diffusers(
+    pipe: Any, erased: Any, tmp_path: Path
+) -> None:
+    from safetensors import safe_open
+
+    from sepme_engine.export.lora import export_lora
+
+    out = tmp_path / "xl-lora.safetensors"
+    report = export_lora({"a-cat": erased}, out, arch="sdxl", dtype="fp32")
+    meta = report.metadata
+    assert meta["modelspec.architecture"] == "stable-diffusion-xl-v1-base/lora"
+    assert meta["ss_base_model_version"] == "sdxl_base_v1-0" and meta["ss_v2"] == "False"
+    with safe_open(str(out), "pt") as f:
+        factors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    modules = {k.split(".")[0] for k in factors}
+    assert len(modules) == 2 * 17
+    # kohya's SDXL (LDM) names: level 1 = input_blocks 4, 5; level 2 = 7, 8; mid; outputs 0-5
+    assert "lora_unet_input_blocks_4_1_transformer_blocks_0_attn2_to_k" in modules
+    assert "lora_unet_input_blocks_8_1_transformer_blocks_1_attn2_to_v" in modules
+    assert "lora_unet_middle_block_1_transformer_blocks_1_attn2_to_k" in modules
+    assert "lora_unet_output_blocks_5_1_transformer_blocks_0_attn2_to_v" in modules
+    assert not any("down_blocks" in m or "up_blocks" in m for m in modules)
+
+    fresh = make_sdxl_pipeline(seed=0, max_length=8)
+    named = dict(fresh.unet.named_modules())
+    deltas = hooks.sum_deltas([erased])
+    base = {n: named[n].weight.detach().clone() for n in deltas}
+    fresh.load_lora_weights(str(out))
+    fresh.fuse_lora()
+    named = dict(fresh.unet.named_modules())
+    names = ldm_attention_module_names(deltas)
+    for n, d in deltas.items():
+        got = named[n].weight.detach().double()
+        want = base[n].double() + d.double()
+        key = "lora_unet_" + names[n].replace(".", "_")
+        up, down = factors[key + ".lora_up.weight"], factors[key + ".lora_down.weight"]
+        # fp32 factors of ΔW (exact up to fp32 round-off of the factorisation) summed in fp32:
+        # per entry a few eps32 of |W| + Σ_r |up||down|
+        bound = (base[n].double().abs() + up.double().abs() @ down.double().abs()) * 2**-24
+        assert bool(((got - want).abs() <= 16 * bound + 1e-30).all()), n
+    for n, m in named.items():  # untouched layers are untouched
+        if n.endswith("attn1.to_k"):
+            assert torch.equal(m.weight, dict(pipe.unet.named_modules())[n].weight)

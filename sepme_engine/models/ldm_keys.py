@@ -322,6 +322,31 @@ def ldm_unet_to_diffusers(ldm_keys: Iterable[str]) -> dict[str, str]:
     return out
 
 
+def ldm_attention_module_names(modules: Iterable[str]) -> dict[str, str]:
+    """LDM names (without `model.diffusion_model.`) of diffusers UNet modules inside attention
+    blocks, e.g. `down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k` ->
+    `input_blocks.4.1.transformer_blocks.0.attn2.to_k` (SDXL). Layers per block is read from the
+    down blocks' attention indices (a down block has one attention per layer), so pass every
+    attention module of the UNet (e.g. all its to_k/to_v). Raises ValueError otherwise.
+    """
+    modules = list(modules)
+    idx = [
+        int(m.group(1))
+        for k in modules
+        if (m := re.match(r"down_blocks\.\d+\.attentions\.(\d+)\.", k))
+    ]
+    if not idx:
+        raise ValueError("no down-block attention modules: cannot tell the layers per block")
+    lpb = max(idx) + 1
+    out: dict[str, str] = {}
+    for name in modules:
+        ldm = _unet_key_to_ldm(name + ".weight", lpb, set())
+        if ldm is None or not ldm.endswith(".weight"):
+            raise ValueError(f"no LDM name for UNet module {name!r}")
+        out[name] = ldm[: -len(".weight")]
+    return out
+
+
 def _ldm_layers_per_block(keys: list[str]) -> int:
     """Layers per block of an LDM UNet from its key names.
 
@@ -560,6 +585,7 @@ __all__ = [
     "ldm_key_map",
     "TEXT_LAYOUTS",
     "canonical_text_key",
+    "ldm_attention_module_names",
     "ldm_unet_to_diffusers",
     "openclip_padding",
     "pipeline_to_ldm",
