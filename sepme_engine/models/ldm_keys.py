@@ -101,7 +101,9 @@ _UNET_FIXED = {
     "conv_norm_out.bias": "out.0.bias",
     "conv_out.weight": "out.2.weight",
     "conv_out.bias": "out.2.bias",
-    # SDXL's text_time addition embedding
+}
+# SDXL's text_time addition embedding (mapped for arch sdxl only)
+_UNET_XL_FIXED = {
     "add_embedding.linear_1.weight": "label_emb.0.0.weight",
     "add_embedding.linear_1.bias": "label_emb.0.0.bias",
     "add_embedding.linear_2.weight": "label_emb.0.2.weight",
@@ -218,7 +220,7 @@ def _layers_per_block(unet_keys: Iterable[str]) -> int:
     return max(idx) + 1
 
 
-def _unet_entries(keys: list[str]) -> list[LdmEntry]:
+def _unet_entries(keys: list[str], xl: bool = False) -> list[LdmEntry]:
     lpb = _layers_per_block(keys)
     up_has_attn = {
         int(m.group(1)) for k in keys if (m := re.match(r"up_blocks\.(\d+)\.attentions\.", k))
@@ -226,7 +228,8 @@ def _unet_entries(keys: list[str]) -> list[LdmEntry]:
     out: list[LdmEntry] = []
     unknown: list[str] = []
     for key in keys:
-        ldm = _unet_key_to_ldm(key, lpb, up_has_attn)
+        ldm = _UNET_XL_FIXED.get(key) if xl else None
+        ldm = ldm or _unet_key_to_ldm(key, lpb, up_has_attn)
         if ldm is None:
             unknown.append(key)
         else:
@@ -287,7 +290,7 @@ def ldm_unet_to_diffusers(ldm_keys: Iterable[str]) -> dict[str, str]:
     keys = [k[len(UNET_PREFIX) :] if k.startswith(UNET_PREFIX) else k for k in ldm_keys]
     full = dict(zip(keys, ldm_keys, strict=True))
     lpb = _ldm_layers_per_block(keys)
-    inv_fixed = {v: k for k, v in _UNET_FIXED.items()}
+    inv_fixed = {v: k for k, v in (_UNET_FIXED | _UNET_XL_FIXED).items()}
     out: dict[str, str] = {}
     for k in keys:
         d: str | None = None
@@ -497,7 +500,7 @@ def ldm_key_map(keys: Mapping[str, Iterable[str]], arch: str) -> list[LdmEntry]:
         raise ValueError(f"a second text encoder is only known for sdxl, not {arch}")
     else:
         texts = _text_entries(text, style) if text else []
-    entries = (_unet_entries(unet) if unet else []) + (_vae_entries(vae) if vae else []) + texts
+    entries = (_unet_entries(unet, style == "sdxl") if unet else []) + (_vae_entries(vae) if vae else []) + texts
     seen: set[str] = set()
     for e in entries:
         if e.ldm_key in seen:
