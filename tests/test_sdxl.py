@@ -183,6 +183,38 @@ def test_sdxl_pickle_is_refused_with_a_hint(pipe: Any, tmp_path: Path) -> None:
         load_pipeline(path, allow_pickle=True, configs=pipeline_configs(pipe))
 
 
+def test_sdxl_hub_short_name_from_the_local_cache(
+    pipe: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import huggingface_hub.constants as hc
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    from sepme_engine.errors import OfflineError
+
+    with pytest.raises(OfflineError, match="stable-diffusion-xl-base-1.0"):
+        inspect_source("sdxl")
+    repo = tmp_path / "hub" / "models--stabilityai--stable-diffusion-xl-base-1.0"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    pipe.save_pretrained(repo / "snapshots" / ("0" * 40))
+    info = inspect_source("sdxl")
+    assert (info.kind, info.hub_id, info.arch) == (
+        "hub",
+        "stabilityai/stable-diffusion-xl-base-1.0",
+        "sdxl",
+    )
+    # layers from the UNet config on the meta device (no weights read) = the real ones
+    assert [n for n, _ in info.cross_attn_layers] == [n for n, _ in cross_attention_kv(pipe.unet)]
+    _same_weights(pipe, load_pipeline("sdxl"))
+
+
+def test_sdxl_profile_defaults_are_the_papers() -> None:
+    from sepme_engine.config import ARCHES, ERASE_DEFAULTS, SD_ERASE_DEFAULTS
+
+    assert "sdxl" in ARCHES and ERASE_DEFAULTS["sdxl"] == SD_ERASE_DEFAULTS
+
+
 # --- the prompt embedding and the UNet's added conditioning -----------------------------------
 
 
@@ -390,3 +422,61 @@ def test_lora_export_has_kohya_sdxl_names_and_fuses_in_diffusers(
     for n, m in named.items():  # untouched layers are untouched
         if n.endswith("attn1.to_k"):
             assert torch.equal(m.weight, dict(pipe.unet.named_modules())[n].weight)
+
+
+# --- the CLI on an SDXL base -----------------------------------------------------------------
+
+
+def test_cli_import_erase_inspect_generate_export_on_sdxl(files: dict, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from sepme_cli.app import app
+
+    runner = CliRunner()
+
+    def run(*args: str) -> Any:
+        return runner.invoke(app, list(args))
+
+    res = run("base", "add", "xl", str(files["single_file"]), "--link", "--json")
+    assert res.exit_code == 0, res.output
+    added = json.loads(res.stdout)
+    assert added["arch"] == "sdxl" and added["profile"] == "sdxl"
+    res = run("erase", "a cat", "-b", "xl", "--method", "sepme-cf", "--device", "cpu", "--json")
+    assert res.exit_code == 0, res.output
+    res = run("inspect", "-b", "xl", "--json")
+    assert res.exit_code == 0, res.output
+    assert "a-cat" in res.stdout
+
+    png = tmp_path / "grid.png"
+    res = run(
+        "generate", "a cat", "-b", "xl", "-o", str(png), "--n", "1", "--steps", "2",
+        "--compare", "--device", "cpu",
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    from PIL import Image
+
+    assert Image.open(png).size[0] > 2 * 64  # two columns of 64-px images (upscaled)
+
+    out = tmp_path / "out.safetensors"
+    res = run("export", str(out), "-b", "xl", "--dtype", "fp32")
+    assert res.exit_code == 0, res.output
+    assert inspect_source(out).arch == "sdxl"
+    lora = tmp_path / "out-lora.safetensors"
+    res = run("export", str(lora), "-b", "xl", "--format", "lora")
+    assert res.exit_code == 0, res.output
+
+    # bad inputs as for SD 1.x: one clear line, exit 1, nothing written
+    listed = json.loads(run("list", "-b", "xl", "--json").stdout)
+    assert [e["concept"] for e in listed] == ["a-cat"]
+    for args, needle in (
+        (("erase", "  ", "-b", "xl", "--device", "cpu"), "empty"),
+        (("erase", "word " * 20, "-b", "xl", "--device", "cpu"), "tokens long"),
+        (("export", str(out), "-b", "xl"), "already exists"),
+        (("export", str(tmp_path / "r.safetensors"), "-b", "xl", "--format", "lora",
+          "--rank", "0"), "rank"),
+    ):  # fmt: skip
+        res = run(*args)
+        assert res.exit_code == 1, (args, res.output)
+        assert needle in res.stderr and "Traceback" not in res.output
+    assert not (tmp_path / "r.safetensors").exists()
+    assert json.loads(run("list", "-b", "xl", "--json").stdout) == listed
