@@ -208,7 +208,9 @@ def make_sdxl_pipeline(seed: int = 0, max_length: int = MAX_LENGTH) -> Any:
         (("text_encoder", CLIPTextModel, w1), ("text_encoder_2", CLIPTextModelWithProjection, w2))
     ):
         torch.manual_seed(seed + 2 + i)
-        text_cfg = {k: v for k, v in cfgs[name].items() if k not in ("architectures", "torch_dtype")}
+        text_cfg = {
+            k: v for k, v in cfgs[name].items() if k not in ("architectures", "torch_dtype")
+        }
         text_cfg.update(
             hidden_size=width,
             intermediate_size=37,

@@ -27,7 +27,9 @@ class ArchFacts:
     # CLIP ViT-L/14 and OpenCLIP ViT-bigG/14, penultimate hidden states concatenated)
     text_encoder: str
     text_width: int  # cross-attention / text-embedding width
-    pad_token: str  # tokenizer padding token (SDXL: the second tokenizer's; the first pads with eos)
+    pad_token: (
+        str  # tokenizer padding token (SDXL: the second tokenizer's; the first pads with eos)
+    )
     prediction_type: str  # "epsilon" | "v_prediction"
     sample_size: int  # UNet latent size (image size / 8)
     shipped_config: str  # folder under sepme_engine/models/shipped/

@@ -68,7 +68,9 @@ def shipped_configs(arch_or_name: str) -> dict[str, Any]:
         for comp, rel in XL_COMPONENT_FILES.items():
             out[comp] = json.loads((root / rel).read_text(encoding="utf-8"))
     for tok in ("tokenizer", "tokenizer_2") if is_xl(out) else ("tokenizer",):
-        out[tok] = {"clip": json.loads((root / tok / "sepme_clip.json").read_text(encoding="utf-8"))}
+        out[tok] = {
+            "clip": json.loads((root / tok / "sepme_clip.json").read_text(encoding="utf-8"))
+        }
     return out
 
 
@@ -151,7 +153,9 @@ def _tokenizer_config(tok: Any) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="sepme-tok-") as tmp:
         tok.save_pretrained(tmp)
         files = {
-            p.name: p.read_text(encoding="utf-8") for p in sorted(Path(tmp).iterdir()) if p.is_file()
+            p.name: p.read_text(encoding="utf-8")
+            for p in sorted(Path(tmp).iterdir())
+            if p.is_file()
         }
     return {"files": files}
 

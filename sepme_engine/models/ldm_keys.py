@@ -500,7 +500,11 @@ def ldm_key_map(keys: Mapping[str, Iterable[str]], arch: str) -> list[LdmEntry]:
         raise ValueError(f"a second text encoder is only known for sdxl, not {arch}")
     else:
         texts = _text_entries(text, style) if text else []
-    entries = (_unet_entries(unet, style == "sdxl") if unet else []) + (_vae_entries(vae) if vae else []) + texts
+    entries = (
+        (_unet_entries(unet, style == "sdxl") if unet else [])
+        + (_vae_entries(vae) if vae else [])
+        + texts
+    )
     seen: set[str] = set()
     for e in entries:
         if e.ldm_key in seen:

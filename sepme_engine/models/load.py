@@ -121,7 +121,9 @@ def pipeline_class(arch: str) -> Any:
     """The diffusers pipeline class for an architecture."""
     import diffusers
 
-    return diffusers.StableDiffusionXLPipeline if arch == "sdxl" else diffusers.StableDiffusionPipeline
+    return (
+        diffusers.StableDiffusionXLPipeline if arch == "sdxl" else diffusers.StableDiffusionPipeline
+    )
 
 
 def _pipeline_kwargs(arch: str) -> dict[str, Any]:
@@ -307,4 +309,10 @@ def load_pipeline(
     return _finish(pipe, dev, final_pred)
 
 
-__all__ = ["load_pipeline", "pipeline_class", "quiet_loading", "resolve_device", "single_file_configs"]
+__all__ = [
+    "load_pipeline",
+    "pipeline_class",
+    "quiet_loading",
+    "resolve_device",
+    "single_file_configs",
+]
