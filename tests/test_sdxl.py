@@ -23,6 +23,7 @@ from sepme_engine.models.ldm_keys import (
     SDXL_CLIP_PREFIX,
     SDXL_OPENCLIP_PREFIX,
     ldm_attention_module_names,
+    ldm_key_map,
     pipeline_to_ldm,
 )
 from sepme_engine.models.load import load_pipeline
@@ -105,6 +106,26 @@ def test_sdxl_arch_and_shipped_configs_build_the_real_model_on_meta() -> None:
     assert te1.config.hidden_size + te2.config.hidden_size == 2048
     # text_time: 6 time ids x 256 + the pooled 1280-d bigG projection
     assert unet.add_embedding.linear_1.in_features == 6 * 256 + te2.config.projection_dim
+
+    # at full size, sepme's LDM layout is what diffusers' own single-file converter reads back
+    # (so a real SDXL base file loads with the shipped configs): keys and shapes, on meta tensors
+    from diffusers.loaders.single_file_utils import (
+        convert_ldm_unet_checkpoint,
+        convert_open_clip_checkpoint,
+    )
+
+    sds = {"unet": unet.state_dict(), "text_encoder_2": te2.state_dict()}
+    plan = ldm_key_map({c: sd.keys() for c, sd in sds.items()}, "sdxl")
+    ldm = {e.ldm_key: e.build([sds[e.component][k] for k in e.diffusers_keys]) for e in plan}
+    assert ldm["model.diffusion_model.label_emb.0.0.weight"].shape == (1280, 2816)
+    assert ldm[SDXL_OPENCLIP_PREFIX + "text_projection"].shape == (1280, 1280)
+    back = {
+        "unet": convert_ldm_unet_checkpoint(ldm, unet_cfg),
+        "text_encoder_2": convert_open_clip_checkpoint(te2, ldm, prefix=SDXL_OPENCLIP_PREFIX),
+    }
+    for comp, sd in sds.items():
+        assert back[comp].keys() == sd.keys(), comp
+        assert all(back[comp][k].shape == v.shape for k, v in sd.items()), comp
 
 
 # --- detection and import --------------------------------------------------------------------

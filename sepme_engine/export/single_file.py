@@ -197,7 +197,7 @@ def _resolution(pipe: Any, arch: str) -> str:
         scale = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
         side = sample * scale
     except (AttributeError, TypeError):  # pragma: no cover - every SD pipeline has these
-        side = 768 if arch == "sd2-v" else 512
+        side = {"sd2-v": 768, "sdxl": 1024}.get(arch, 512)
     return f"{side}x{side}"
 
 
