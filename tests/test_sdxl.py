@@ -501,3 +501,25 @@ def test_cli_import_erase_inspect_generate_export_on_sdxl(files: dict, tmp_path:
         assert needle in res.stderr and "Traceback" not in res.output
     assert not (tmp_path / "r.safetensors").exists()
     assert json.loads(run("list", "-b", "xl", "--json").stdout) == listed
+
+
+def test_gpu_check_sdxl_iteration_path_runs_at_reduced_width(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """benchmarks/gpu_check.sh builds a random SDXL-size pipeline (`build_sdxl_pipe`) and times
+    `bench_iteration(..., "sdxl")` on a GPU; the same code here with the shipped configs'
+    widths reduced as in tests/_tiny.make_sdxl_pipeline (CPU, fp32)."""
+    import benchmarks.export_bench as eb
+    from benchmarks.perf import bench_iteration, render
+    from sepme_engine.models import configs
+
+    small = configs.pipeline_configs(make_sdxl_pipeline(seed=0, max_length=8))
+    monkeypatch.setattr(configs, "shipped_configs", lambda arch: small if arch == "sdxl" else {})
+    built = eb.build_sdxl_pipe(seed=0)
+    assert type(built).__name__ == "StableDiffusionXLPipeline"
+    assert built.tokenizer_2.pad_token == "!" and built.unet.dtype == torch.float32
+    out = bench_iteration("cpu", "fp32", 2, "sdxl", pipe=built)
+    assert out["arch"] == "sdxl" and out["latent_size"] == 8 and out["iterations"] == 2
+    assert len(out["s_per_iteration_all"]) == 2 and out["s_per_iteration_median"] > 0
+    res = {"device": "cpu", "dtype": "fp32", "argv": [], "machine": "x", "iteration-sdxl": out}
+    assert "SDXL base size" in render(res)
