@@ -91,6 +91,60 @@ def build_pipe(seed: int = 0, dtype: str = "fp32") -> Any:
     return pipe
 
 
+def _fill_random(models: Any, seed: int, dtype: str) -> None:
+    """Materialise meta-device models on the CPU with N(0, 0.02) weights (position ids set)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    for model in models:
+        if dtype == "fp16":
+            model.to(torch.float16)
+        model.to_empty(device="cpu")
+        with torch.no_grad():
+            for p in model.parameters():
+                p.normal_(0.0, 0.02, generator=g)
+            for name, b in model.named_buffers():
+                if name.endswith("position_ids"):
+                    b.copy_(torch.arange(b.shape[-1]).expand_as(b))
+                elif b.is_floating_point():
+                    b.zero_()
+        model.eval()
+
+
+def build_sdxl_pipe(seed: int = 0, dtype: str = "fp32") -> Any:
+    """SDXL base 1.0 architecture (the shipped configs: 2.57 G UNet parameters, both text
+    encoders) with random weights, built on the meta device then filled in place."""
+    import diffusers
+    import torch
+    from diffusers import AutoencoderKL, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from sepme_engine.models.configs import shipped_configs
+    from sepme_engine.models.tokenizer import clip_tokenizer
+
+    cfg = shipped_configs("sdxl")
+
+    def text_cfg(name: str) -> Any:
+        return CLIPTextConfig(**{k: v for k, v in cfg[name].items() if k != "torch_dtype"})
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(cfg["unet"])
+        vae = AutoencoderKL.from_config(cfg["vae"])
+        te1 = CLIPTextModel(text_cfg("text_encoder"))
+        te2 = CLIPTextModelWithProjection(text_cfg("text_encoder_2"))
+    _fill_random((unet, vae, te1, te2), seed, dtype)
+    sched = cfg["scheduler"]
+    return StableDiffusionXLPipeline(
+        unet=unet,
+        vae=vae,
+        text_encoder=te1,
+        text_encoder_2=te2,
+        tokenizer=clip_tokenizer(**cfg["tokenizer"]["clip"]),
+        tokenizer_2=clip_tokenizer(**cfg["tokenizer_2"]["clip"]),
+        scheduler=getattr(diffusers, sched["_class_name"]).from_config(sched),
+    )
+
+
 def warm(pipe: Any) -> None:
     """Read every weight once so neither measurement pays first-touch costs (on this VM the first
     read of freshly built model memory is several times slower than later ones)."""

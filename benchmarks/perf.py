@@ -9,6 +9,8 @@
   prompt plus 0 and 9 other concepts (what the 1st and the 10th concept of a set need);
 * iteration: SepME erasure iterations (3 UNet passes, one with backward) on an SD 1.5-sized UNet
   at 64×64 latents, batch 1: seconds per iteration and, on CUDA, peak GPU memory.
+* iteration-sdxl (not in the default list): the same at SDXL base size (2.57 G UNet parameters,
+  128×128 latents, the 2048-d concatenated text embedding and the added conditioning).
 
 Writes benchmarks/results/perf-<device>.md and .json. Every figure is measured in this run.
 """
@@ -137,16 +139,23 @@ def bench_nullspace() -> dict[str, Any]:
     return rows
 
 
-def bench_iteration(device: str, dtype: str, iters: int) -> dict[str, Any]:
+def bench_iteration(
+    device: str, dtype: str, iters: int, arch: str = "sd1", pipe: Any = None
+) -> dict[str, Any]:
+    """`arch` "sd1": SD 1.5 size, 64×64 latents; "sdxl": SDXL base size, 128×128 latents
+    (1024 px), the UNet's added conditioning included. `pipe` replaces the random full-size
+    model (tests pass a tiny one)."""
     import torch
 
-    from benchmarks.export_bench import build_pipe
+    from benchmarks.export_bench import build_pipe, build_sdxl_pipe
     from sepme_engine.erase.sepme import SepMEConfig, train_sepme
 
-    pipe = build_pipe(dtype="fp32")
+    if pipe is None:
+        pipe = build_sdxl_pipe(dtype="fp32") if arch == "sdxl" else build_pipe(dtype="fp32")
     tdtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
     pipe.to(device, tdtype)
-    latents = torch.randn(2, 4, 64, 64)
+    side = int(pipe.unet.config.sample_size)
+    latents = torch.randn(2, 4, side, side)
     cfg = SepMEConfig(
         max_steps=1, dtype={"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[dtype]
     )
@@ -168,6 +177,8 @@ def bench_iteration(device: str, dtype: str, iters: int) -> dict[str, Any]:
     last[0] = time.perf_counter()
     r = train_sepme(pipe, "a painting by Van Gogh", [], latents, cfg, device, progress=tick)
     out: dict[str, Any] = {
+        "arch": arch,
+        "latent_size": side,
         "device": device,
         "dtype": dtype,
         "iterations": r.iterations,
@@ -245,6 +256,16 @@ def render(res: dict[str, Any]) -> str:
         ]
         if "peak_gpu_memory_GiB" in it:
             lines.append(f"- peak GPU memory {it['peak_gpu_memory_GiB']:.2f} GiB on {it['gpu']}")
+    if "iteration-sdxl" in res:
+        it = res["iteration-sdxl"]
+        lines += [
+            "",
+            "## One SepME iteration at SDXL base size (128×128 latents = 1024 px, batch 1)",
+            "",
+            f"- device {it['device']}, {it['dtype']}: **{it['s_per_iteration_median']:.2f} s/iteration** (median of {len(it['s_per_iteration_all'])}), 3 UNet passes each (one with backward); m_k = {it['m_k']} (d = 2048)",
+        ]
+        if "peak_gpu_memory_GiB" in it:
+            lines.append(f"- peak GPU memory {it['peak_gpu_memory_GiB']:.2f} GiB on {it['gpu']}")
     return "\n".join(lines) + "\n"
 
 
@@ -272,6 +293,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             res["import"] = bench_import(Path(tmp))
     if "iteration" in parts:
         res["iteration"] = bench_iteration(args.device, args.dtype, args.iters)
+    if "iteration-sdxl" in parts:
+        res["iteration-sdxl"] = bench_iteration(args.device, args.dtype, args.iters, "sdxl")
     args.out.mkdir(parents=True, exist_ok=True)
     stem = f"perf-{args.device.split(':')[0]}"
     # `--only` re-measures some sections; keep the others from the previous results file
@@ -280,7 +303,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         old = json.loads(previous.read_text(encoding="utf-8"))
         if old.get("dtype") == res["dtype"]:
             kept = {}
-            for part in ("cli", "nullspace", "import", "iteration"):
+            for part in ("cli", "nullspace", "import", "iteration", "iteration-sdxl"):
                 if part not in res and part in old:
                     res[part] = old[part]
                     kept[part] = old.get("kept", {}).get(part, old.get("argv", []))

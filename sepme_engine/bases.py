@@ -39,7 +39,7 @@ class BaseInfo:
     linked: bool  # registered by reference instead of copied
     base_digest: str
     size: int
-    arch: str  # sd1 | sd2 | sd2-v
+    arch: str  # sd1 | sd2 | sd2-v | sdxl
     profile: str  # settings profile: "toy" for the toy base, else the arch
     prediction_type: str
     text_width: int
@@ -95,7 +95,10 @@ def diffusers_files(folder: Path, allow_pickle: bool = False) -> list[str]:
     """The files of a pipeline folder sepme keeps (relative paths), safetensors preferred."""
     folder = Path(folder)
     out = ["model_index.json"]
-    for comp in COMPONENTS:
+    comps = list(COMPONENTS)
+    if (folder / "text_encoder_2").is_dir() or (folder / "tokenizer_2").is_dir():
+        comps += ["text_encoder_2", "tokenizer_2"]  # SDXL
+    for comp in comps:
         cdir = folder / comp
         if not cdir.is_dir():
             raise InvalidInput(

@@ -160,3 +160,80 @@ def make_real_topology_pipeline(
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+XL_UNET_WIDTHS = [16, 32, 32]
+XL_TEXT_WIDTHS = (16, 32)  # CLIP ViT-L stand-in, OpenCLIP bigG stand-in: 48-d cross-attention
+XL_TIME_DIM = 8
+
+
+def make_sdxl_pipeline(seed: int = 0, max_length: int = MAX_LENGTH) -> Any:
+    """The shipped SDXL base 1.0 configs with every width reduced (a StableDiffusionXLPipeline).
+
+    Real topology: 3 levels (DownBlock2D then two cross-attention levels), 2 layers per block,
+    transformer depth [1, 1, 2] (SDXL's [1, 2, 10] scaled down: the last level and the mid
+    block have 2 transformer blocks, so `transformer_blocks.1` names exist as in the real file),
+    linear projections, the text_time addition embedding (pooled text + 6 time ids), a CLIP
+    text encoder and a CLIPTextModelWithProjection whose penultimate hidden states are
+    concatenated, their two tokenizers (eos / "!" padding), the real Euler scheduler.
+    """
+    import diffusers
+    from diffusers import AutoencoderKL, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from sepme_engine.models.configs import shipped_configs
+    from sepme_engine.models.tokenizer import clip_tokenizer
+
+    cfgs = shipped_configs("sdxl")
+    w1, w2 = XL_TEXT_WIDTHS
+    unet_cfg = {k: v for k, v in cfgs["unet"].items() if not k.startswith("_")}
+    unet_cfg.update(
+        block_out_channels=XL_UNET_WIDTHS,
+        norm_num_groups=REAL_GROUPS,
+        cross_attention_dim=w1 + w2,
+        attention_head_dim=[2, 2, 4],
+        transformer_layers_per_block=[1, 1, 2],
+        addition_time_embed_dim=XL_TIME_DIM,
+        projection_class_embeddings_input_dim=6 * XL_TIME_DIM + w2,
+        sample_size=8,
+    )
+    vae_cfg = {k: v for k, v in cfgs["vae"].items() if not k.startswith("_")}
+    vae_cfg.update(block_out_channels=REAL_VAE_WIDTHS, norm_num_groups=REAL_GROUPS, sample_size=64)
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(**unet_cfg)
+    torch.manual_seed(seed + 1)
+    vae = AutoencoderKL(**vae_cfg)
+    encoders = []
+    for i, (name, cls, width) in enumerate(
+        (("text_encoder", CLIPTextModel, w1), ("text_encoder_2", CLIPTextModelWithProjection, w2))
+    ):
+        torch.manual_seed(seed + 2 + i)
+        text_cfg = {
+            k: v for k, v in cfgs[name].items() if k not in ("architectures", "torch_dtype")
+        }
+        text_cfg.update(
+            hidden_size=width,
+            intermediate_size=37,
+            num_attention_heads=4,
+            num_hidden_layers=3,
+            projection_dim=width,
+            max_position_embeddings=max_length,
+        )
+        encoders.append(cls(CLIPTextConfig(**text_cfg)).eval())
+    tokenizers = [
+        clip_tokenizer(pad_token=cfgs[t]["clip"]["pad_token"], max_length=max_length)
+        for t in ("tokenizer", "tokenizer_2")
+    ]
+    sched_cfg = cfgs["scheduler"]
+    scheduler = getattr(diffusers, sched_cfg["_class_name"]).from_config(sched_cfg)
+    pipe = StableDiffusionXLPipeline(
+        unet=unet.eval(),
+        vae=vae.eval(),
+        text_encoder=encoders[0],
+        text_encoder_2=encoders[1],
+        tokenizer=tokenizers[0],
+        tokenizer_2=tokenizers[1],
+        scheduler=scheduler,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

@@ -126,7 +126,8 @@ def test_bad_sources(tmp_path: Path) -> None:
     sdxl = tmp_path / "sdxl.safetensors"
     save_file(
         {
-            "conditioner.embedders.1.model.ln_final.weight": torch.zeros(4),
+            # the SDXL refiner: label_emb and one OpenCLIP encoder (SDXL base is supported)
+            "conditioner.embedders.0.model.ln_final.weight": torch.zeros(4),
             "model.diffusion_model.label_emb.0.0.weight": torch.zeros(2, 2),
         },
         str(sdxl),

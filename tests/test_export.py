@@ -283,7 +283,7 @@ def test_modelspec_metadata() -> None:
     assert lora["modelspec.implementation"] == "diffusers"
     assert lora["modelspec.resolution"] == "512x512"
     with pytest.raises(InvalidInput):
-        modelspec_metadata("sdxl")
+        modelspec_metadata("sd3")
 
 
 def test_importing_the_package_does_not_import_torch() -> None:

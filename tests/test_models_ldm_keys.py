@@ -85,7 +85,10 @@ def test_unknown_keys_are_refused() -> None:
     with pytest.raises(ValueError, match="add_embedding"):
         ldm_key_map(keys, "sd1")
     with pytest.raises(ValueError, match="architecture"):
-        ldm_key_map(keys, "sdxl")
+        ldm_key_map(keys, "sd3")
+    # a second text encoder belongs to SDXL only
+    with pytest.raises(ValueError, match="second text encoder"):
+        ldm_key_map({**keys, "text_encoder_2": keys["text_encoder"]}, "sd2")
 
 
 def _meta_models(arch: str) -> tuple[Any, Any, Any, dict[str, Any]]:

@@ -251,9 +251,9 @@ def test_truncated_and_corrupt_safetensors(tmp_path: Path) -> None:
                 "conditioner.embedders.0.transformer.text_model.embeddings.position_ids",
                 "conditioner.embedders.1.model.token_embedding.weight",
             ],
-            "SDXL",
+            "lacks the UNet",  # SDXL is supported; an incomplete one is refused
         ),
-        (["model.diffusion_model.label_emb.0.0.weight", "first_stage_model.x"], "SDXL"),
+        (["model.diffusion_model.label_emb.0.0.weight", "first_stage_model.x"], "SDXL refiner"),
         (
             ["model.diffusion_model.joint_blocks.0.context_block.attn.qkv.weight"],
             "Stable Diffusion 3",

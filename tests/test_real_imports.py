@@ -86,7 +86,7 @@ def test_sgm_layout_sd2_is_not_taken_for_sdxl(tmp_path: Path, store: Store) -> N
     assert_same_weights(pipe, load_pipeline(path))
     res = run("base", "add", "turbo", str(path))
     assert res.exit_code == 0, res.output
-    # SDXL (a second embedder) is still refused with a clear message
+    # an SDXL bigG embedder without SDXL's CLIP ViT-L one is refused with a clear message
     sd = {"conditioner.embedders.1.model.token_embedding.weight": torch.zeros(2, 2)}
     with safe_open(str(path), "pt") as f:
         sd.update({k: f.get_tensor(k) for k in f.keys()})

@@ -9,6 +9,21 @@ dtype. The classifier-free-guidance branch of the pipeline encodes `""` the same
 
 Each prompt is encoded on its own (batch 1), like a single-prompt generation; encoding in a
 larger batch can differ in float round-off on some kernels.
+
+SDXL (a pipeline with `text_encoder_2`) mirrors `StableDiffusionXLPipeline.encode_prompt` with
+`clip_skip=None`: each tokenizer pads to its `max_length` (the first with its eos, the second
+with "!"), each encoder runs with `output_hidden_states=True`, and the embedding is the
+concatenation on the last axis of both penultimate hidden states (`hidden_states[-2]`; 768 + 1280
+= 2048 at full size) — what every to_k/to_v sees, so E_k, the null space and the increments live
+there. SDXL's UNet also takes `added_cond_kwargs` (`text_embeds` = the pooled, projected output
+of the second encoder, and `time_ids` = (H, W, 0, 0, H, W) at the default resolution, as the
+pipeline sends them); sepme never changes the layers that read them. So that the erasure methods
+call the UNet the same way for every architecture, `encode_prompts` records each SDXL prompt's
+pooled embedding on the pipeline and installs (once) a forward pre-hook on the UNet that fills
+in `added_cond_kwargs` for a call without them, looking up each batch row's prompt among the
+recorded ones; a row that matches none raises (a call the pipeline makes itself passes its own
+`added_cond_kwargs` and is left alone). Prompts are encoded literally, "" included: the pipeline's
+zeroed negative embedding (`force_zeros_for_empty_prompt`) is used for its negative branch only.
 """
 
 from __future__ import annotations
@@ -32,11 +47,125 @@ def _tokenize(pipe: Any, prompts: list[str]) -> Any:
     )
 
 
+def is_xl(pipe: Any) -> bool:
+    """Whether `pipe` is an SDXL pipeline (two text encoders)."""
+    return getattr(pipe, "text_encoder_2", None) is not None
+
+
+def _encode_xl_one(pipe: Any, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(hidden [1, L, d1 + d2], pooled [1, p]) as StableDiffusionXLPipeline.encode_prompt."""
+    hidden = []
+    pooled = None
+    pairs = ((pipe.tokenizer, pipe.text_encoder), (pipe.tokenizer_2, pipe.text_encoder_2))
+    for tok, encoder in pairs:
+        ids = tok(
+            [prompt],
+            padding="max_length",
+            max_length=tok.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids
+        out = encoder(ids.to(encoder.device), output_hidden_states=True)
+        if pooled is None and out[0].ndim == 2:
+            pooled = out[0]
+        hidden.append(out.hidden_states[-2])
+    assert pooled is not None
+    enc2 = pipe.text_encoder_2
+    emb = torch.cat(hidden, dim=-1).to(dtype=enc2.dtype, device=enc2.device)
+    return emb, pooled
+
+
+class _XLConditioning:
+    """The recorded SDXL prompts of one pipeline and the UNet pre-hook that uses them."""
+
+    def __init__(self, pipe: Any) -> None:
+        size = int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
+        self.time_ids = torch.tensor([[size, size, 0, 0, size, size]], dtype=torch.float32)
+        self.hidden: list[torch.Tensor] = []  # [L, d] float32, on the encoder's device
+        self.pooled: list[torch.Tensor] = []  # [p]
+
+    def record(self, emb: torch.Tensor, pooled: torch.Tensor) -> None:
+        row = emb[0].detach().float()
+        if not any(h.shape == row.shape and torch.equal(h, row) for h in self.hidden):
+            self.hidden.append(row)
+            self.pooled.append(pooled[0].detach())
+
+    def lookup(self, ehs: torch.Tensor) -> torch.Tensor:
+        """Row b of the result is the pooled embedding of the prompt whose hidden states are
+        `ehs[b]` (equal up to the round-off of a cast to the UNet's dtype)."""
+        rows = []
+        for b in range(ehs.shape[0]):
+            x = ehs[b].float()
+            dists = [
+                float((x - h.to(x.device)).abs().amax()) if h.shape == x.shape else float("inf")
+                for h in self.hidden
+            ]
+            best = min(range(len(dists)), key=dists.__getitem__) if dists else -1
+            scale = float(x.abs().amax()) + 1.0
+            # a cast to fp16/bf16 moves a value by at most 2**-8 of its magnitude
+            if best < 0 or dists[best] > 2**-7 * scale:
+                raise InvalidInput(
+                    "an SDXL UNet call without added_cond_kwargs got an embedding that "
+                    "encode_prompts did not produce",
+                    hint="encode prompts with sepme_engine.erase.text.encode_prompts, or pass "
+                    "added_cond_kwargs (text_embeds, time_ids) yourself",
+                )
+            rows.append(self.pooled[best].to(ehs.device))
+        return torch.stack(rows)
+
+    def hook(self, _module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if kwargs.get("added_cond_kwargs") is not None:
+            return None
+        ehs = args[2] if len(args) > 2 else kwargs["encoder_hidden_states"]
+        n = ehs.shape[0]
+        kwargs = dict(kwargs)
+        kwargs["added_cond_kwargs"] = {
+            "text_embeds": self.lookup(ehs).to(ehs.dtype),
+            "time_ids": self.time_ids.to(ehs.device, ehs.dtype).repeat(n, 1),
+        }
+        return args, kwargs
+
+
+def xl_conditioning(pipe: Any) -> _XLConditioning:
+    """The pipeline's SDXL conditioning record, created (and its UNet hook installed) once."""
+    cond = getattr(pipe, "_sepme_xl_conditioning", None)
+    if cond is None:
+        cond = _XLConditioning(pipe)
+        pipe.unet.register_forward_pre_hook(cond.hook, with_kwargs=True)
+        pipe._sepme_xl_conditioning = cond
+    return cond
+
+
+@torch.no_grad()
+def encode_prompts_xl(pipe: Any, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """SDXL: (embeddings [n, L, d1 + d2], pooled [n, p]) of `prompts`, bit-for-bit what
+    `pipe.encode_prompt(prompt, do_classifier_free_guidance=False)` gives; each prompt is
+    recorded for the UNet's added conditioning (module docstring)."""
+    cond = xl_conditioning(pipe)
+    embs, pools = [], []
+    for prompt in prompts:
+        emb, pooled = _encode_xl_one(pipe, prompt)
+        cond.record(emb, pooled)
+        embs.append(emb)
+        pools.append(pooled)
+    if not embs:
+        enc2 = pipe.text_encoder_2
+        width = pipe.text_encoder.config.hidden_size + enc2.config.hidden_size
+        length = pipe.tokenizer.model_max_length
+        return (
+            torch.zeros(0, length, width, dtype=enc2.dtype, device=enc2.device),
+            torch.zeros(0, enc2.config.projection_dim, dtype=enc2.dtype, device=enc2.device),
+        )
+    return torch.cat(embs), torch.cat(pools)
+
+
 @torch.no_grad()
 def encode_prompts(pipe: Any, prompts: Sequence[str]) -> torch.Tensor:
     """Embeddings `[n, L, d]` of `prompts` (L = tokenizer.model_max_length), in the text
     encoder's dtype and on its device — bit-for-bit what `pipe.encode_prompt` gives for
-    `clip_skip=None` and a single prompt."""
+    `clip_skip=None` and a single prompt (SDXL: the concatenated hidden states, module docstring)."""
+    if is_xl(pipe):
+        return encode_prompts_xl(pipe, prompts)[0]
     encoder = pipe.text_encoder
     device = encoder.device
     use_mask = bool(getattr(encoder.config, "use_attention_mask", False))

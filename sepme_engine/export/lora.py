@@ -4,6 +4,11 @@ Keys use the diffusers module path with `_` for `.`:
 `lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k.lora_down.weight` [r, d_in],
 `...lora_up.weight` [d_out, r] and `...alpha` (a scalar equal to r, so the LoRA scale is 1). The
 loaders (A1111, ComfyUI, diffusers' `load_lora_weights`) then add up·down to the weight.
+SDXL LoRAs use the LDM module path instead, as kohya's sd-scripts name SDXL networks (its SDXL
+UNet is the original one): `lora_unet_input_blocks_4_1_transformer_blocks_0_attn2_to_k`,
+`lora_unet_middle_block_1_...`, `lora_unet_output_blocks_0_1_...`. ComfyUI maps every
+`model.diffusion_model.*` weight to such a name, A1111 matches them against its own (LDM) module
+names, and diffusers' `load_lora_weights` converts them (`_maybe_map_sgm_blocks_to_diffusers`).
 
 Per layer, the sum of the increments' ΔW is written:
 - exactly where the factorisation allows (`rank=None`): factored increments contribute their
@@ -35,13 +40,16 @@ from sepme_engine.export.modelspec import (
 )
 from sepme_engine.export.report import ExportReport, Meter, parse_dtype
 from sepme_engine.export.safetensors_writer import TensorEntry, constant, write_safetensors
+from sepme_engine.models.ldm_keys import ldm_attention_module_names
 
 LORA_PREFIX = "lora_unet_"
 
 
-def lora_key(module: str) -> str:
-    """`down_blocks.0.attentions.0...attn2.to_k` -> `lora_unet_down_blocks_0_..._attn2_to_k`."""
-    return LORA_PREFIX + module.replace(".", "_")
+def lora_key(module: str, ldm_names: Mapping[str, str] | None = None) -> str:
+    """`down_blocks.0.attentions.0...attn2.to_k` -> `lora_unet_down_blocks_0_..._attn2_to_k`;
+    with `ldm_names` (SDXL) the module's LDM name is used: `lora_unet_input_blocks_..._to_k`."""
+    name = ldm_names[module] if ldm_names is not None else module
+    return LORA_PREFIX + name.replace(".", "_")
 
 
 def _balance(up: torch.Tensor, down: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -145,7 +153,7 @@ def kohya_metadata(arch: str, rank: int, *, output_name: str = "sepme") -> dict[
         "ss_network_dim": str(rank),
         "ss_network_alpha": str(rank),
         "ss_base_model_version": KOHYA_BASE_VERSION[arch],
-        "ss_v2": str(arch != "sd1"),
+        "ss_v2": str(arch in ("sd2", "sd2-v")),
         "ss_v_parameterization": str(arch == "sd2-v"),
         "ss_network_train_unet_only": "True",
         "ss_output_name": output_name,
@@ -216,9 +224,16 @@ def export_lora(
             ups[layer] = torch.cat([up, up.new_zeros(up.shape[0], pad)], dim=1)
             downs[layer] = torch.cat([downs[layer], up.new_zeros(pad, downs[layer].shape[1])])
 
+    try:
+        ldm_names = ldm_attention_module_names(layers) if arch == "sdxl" else None
+    except ValueError as exc:
+        raise InvalidInput(
+            f"cannot name these layers the kohya SDXL way: {exc}",
+            hint="export the composition with --format ldm or diffusers instead",
+        ) from exc
     entries: list[TensorEntry] = []
     for layer in sorted(ups):
-        key = lora_key(layer)
+        key = lora_key(layer, ldm_names)
         alpha = torch.tensor(float(max_rank), dtype=tdtype)
         up_t, down_t = ups[layer], downs[layer]
         entries.append(TensorEntry(f"{key}.alpha", tdtype, (), constant(alpha)))

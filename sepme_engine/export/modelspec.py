@@ -14,18 +14,25 @@ from collections.abc import Sequence
 
 from sepme_engine.errors import InvalidInput
 
-ARCHS = ("sd1", "sd2", "sd2-v")
+ARCHS = ("sd1", "sd2", "sd2-v", "sdxl")
 
 ARCHITECTURE_IDS = {
     "sd1": "stable-diffusion-v1",
     "sd2": "stable-diffusion-v2-512",
     "sd2-v": "stable-diffusion-v2-768-v",
+    "sdxl": "stable-diffusion-xl-v1-base",
 }
-DEFAULT_RESOLUTION = {"sd1": "512x512", "sd2": "512x512", "sd2-v": "768x768"}
-DEFAULT_PREDICTION = {"sd1": "epsilon", "sd2": "epsilon", "sd2-v": "v"}
+DEFAULT_RESOLUTION = {"sd1": "512x512", "sd2": "512x512", "sd2-v": "768x768", "sdxl": "1024x1024"}
+DEFAULT_PREDICTION = {"sd1": "epsilon", "sd2": "epsilon", "sd2-v": "v", "sdxl": "epsilon"}
 # kohya's ss_base_model_version values for SD 1.x / 2.x networks
 # (`model_util.get_model_version_str_for_sd1_sd2`: "sd" + "_v1" | "_v2", + "_v" when v-param.)
-KOHYA_BASE_VERSION = {"sd1": "sd_v1", "sd2": "sd_v2", "sd2-v": "sd_v2_v"}
+# (SDXL: `sdxl_model_util.MODEL_VERSION_SDXL_BASE_V1_0` = "sdxl_base_v1-0")
+KOHYA_BASE_VERSION = {
+    "sd1": "sd_v1",
+    "sd2": "sd_v2",
+    "sd2-v": "sd_v2_v",
+    "sdxl": "sdxl_base_v1-0",
+}
 ADAPTER_LORA = "lora"
 HASH_KEY = "modelspec.hash_sha256"
 
@@ -50,11 +57,12 @@ def normalize_prediction_type(prediction_type: str) -> str:
     return p
 
 
-def erased_description(erased: Sequence[str]) -> str:
+def erased_description(erased: Sequence[str], arch: str = "sd1") -> str:
+    model = "Stable Diffusion XL" if arch == "sdxl" else "Stable Diffusion"
     if not erased:
-        return "Stable Diffusion exported by sepme with no concept erased."
+        return f"{model} exported by sepme with no concept erased."
     names = ", ".join(erased)
-    return f"Stable Diffusion with concepts erased by sepme (SepME): {names}."
+    return f"{model} with concepts erased by sepme (SepME): {names}."
 
 
 def modelspec_metadata(
@@ -70,7 +78,7 @@ def modelspec_metadata(
 ) -> dict[str, str]:
     """The `modelspec.*` keys for an exported checkpoint (or, with `lora=True`, a LoRA).
 
-    `arch` is "sd1" | "sd2" | "sd2-v"; `prediction_type` defaults to the arch's ("v" for sd2-v);
+    `arch` is "sd1" | "sd2" | "sd2-v" | "sdxl"; `prediction_type` defaults to the arch's ("v" for sd2-v);
     `resolution` defaults to "512x512" ("768x768" for sd2-v); `date` to today (ISO-8601);
     `description` to one listing the erased concepts.
     """
@@ -82,7 +90,7 @@ def modelspec_metadata(
         "modelspec.architecture": architecture,
         "modelspec.implementation": IMPL_DIFFUSERS if lora else IMPL_LDM,
         "modelspec.title": title,
-        "modelspec.description": description or erased_description(erased),
+        "modelspec.description": description or erased_description(erased, arch),
         "modelspec.date": date or _dt.date.today().isoformat(),
         "modelspec.resolution": resolution or DEFAULT_RESOLUTION[arch],
         "modelspec.prediction_type": pred,

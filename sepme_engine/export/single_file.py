@@ -2,6 +2,7 @@
 
 UNet under `model.diffusion_model.*`, VAE under `first_stage_model.*`, text encoder under
 `cond_stage_model.transformer.*` (SD1, OpenAI CLIP) or `cond_stage_model.model.*` (SD2, OpenCLIP),
+SDXL's two under `conditioner.embedders.0.transformer.*` and `conditioner.embedders.1.model.*`,
 with the key map and per-key transforms of `sepme_engine.models.ldm_keys`.
 
 Streaming: the header is computed from the tensors' shapes first, then each LDM tensor is
@@ -80,6 +81,8 @@ def ldm_entries(
         "vae": pipe.vae.state_dict(),
         "text_encoder": pipe.text_encoder.state_dict(),
     }
+    if getattr(pipe, "text_encoder_2", None) is not None:  # SDXL: OpenCLIP bigG
+        sds["text_encoder_2"] = pipe.text_encoder_2.state_dict()
     unet_deltas = check_deltas(deltas, sds["unet"])
     try:
         plan = ldm_key_map({c: sd.keys() for c, sd in sds.items()}, arch)
@@ -107,7 +110,7 @@ def ldm_entries(
 
         entries.append(TensorEntry(e.ldm_key, dt, _meta_shape(e, sources), make))
 
-    if arch != "sd1":
+    if arch in ("sd2", "sd2-v"):
         n_layers = int(getattr(pipe.text_encoder.config, "num_hidden_layers", 0))
         if pad_openclip and n_layers != 23:
             raise InvalidInput(
@@ -137,8 +140,8 @@ def export_single_file(
 ) -> ExportReport:
     """Write `pipe` + `deltas` as one LDM `.safetensors` at `out` (complete or absent).
 
-    `deltas` maps UNet module names (`...attn2.to_k`) to float32 ΔW. `arch` is "sd1", "sd2" or
-    "sd2-v". Metadata: `modelspec.*` (title, description listing `erased`, resolution,
+    `deltas` maps UNet module names (`...attn2.to_k`) to float32 ΔW. `arch` is "sd1", "sd2",
+    "sd2-v" or "sdxl". Metadata: `modelspec.*` (title, description listing `erased`, resolution,
     prediction type from the scheduler), `sepme.configs` (the pipeline's configs as JSON, so
     non-standard models can be re-imported), `sepme.arch`, then the caller's `metadata`
     (provenance: sepme.schema_version, sepme.version, sepme.base_digest, sepme.increments...)
@@ -194,7 +197,7 @@ def _resolution(pipe: Any, arch: str) -> str:
         scale = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
         side = sample * scale
     except (AttributeError, TypeError):  # pragma: no cover - every SD pipeline has these
-        side = 768 if arch == "sd2-v" else 512
+        side = {"sd2-v": 768, "sdxl": 1024}.get(arch, 512)
     return f"{side}x{side}"
 
 

@@ -21,11 +21,15 @@ PREDICTION_TYPES = ("epsilon", "v_prediction")
 class ArchFacts:
     """What sepme knows about one supported architecture (figures are the real models')."""
 
-    name: str  # "sd1" | "sd2" | "sd2-v"
+    name: str  # "sd1" | "sd2" | "sd2-v" | "sdxl"
     label: str
-    text_encoder: str  # "clip" (OpenAI CLIP ViT-L/14) | "open_clip" (OpenCLIP ViT-H/14)
+    # "clip" (OpenAI CLIP ViT-L/14) | "open_clip" (OpenCLIP ViT-H/14) | "clip+open_clip" (SDXL:
+    # CLIP ViT-L/14 and OpenCLIP ViT-bigG/14, penultimate hidden states concatenated)
+    text_encoder: str
     text_width: int  # cross-attention / text-embedding width
-    pad_token: str  # tokenizer padding token
+    pad_token: (
+        str  # tokenizer padding token (SDXL: the second tokenizer's; the first pads with eos)
+    )
     prediction_type: str  # "epsilon" | "v_prediction"
     sample_size: int  # UNet latent size (image size / 8)
     shipped_config: str  # folder under sepme_engine/models/shipped/
@@ -67,13 +71,27 @@ ARCHS: dict[str, ArchFacts] = {
         shipped_config="sd21",
         use_linear_projection=True,
     ),
+    "sdxl": ArchFacts(
+        name="sdxl",
+        label="Stable Diffusion XL (base 1.0)",
+        text_encoder="clip+open_clip",
+        text_width=2048,
+        pad_token="!",
+        prediction_type="epsilon",
+        sample_size=128,
+        shipped_config="sdxl-base",
+        use_linear_projection=True,
+        # transformer depth 2 (level 1, 2 + 3 layers) and 10 (level 2, 2 + 3 layers; mid 10)
+        n_cross_attn_layers=70,
+    ),
 }
 
 
 def arch_for(family: str, prediction_type: str) -> str:
-    """ "sd1" / "sd2" / "sd2-v" from a family ("sd1" | "sd2") and a prediction type."""
-    if family == "sd1":
-        return "sd1"
+    """ "sd1" / "sd2" / "sd2-v" / "sdxl" from a family ("sd1" | "sd2" | "sdxl") and a prediction
+    type (SDXL base is epsilon; a v-prediction SDXL keeps arch sdxl with a v scheduler)."""
+    if family in ("sd1", "sdxl"):
+        return family
     return "sd2-v" if prediction_type == "v_prediction" else "sd2"
 
 

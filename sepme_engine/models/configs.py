@@ -7,6 +7,9 @@ safetensors metadata key `sepme.configs`:
      "scheduler": {...},
      "tokenizer": {"clip": {"pad_token": "...", "max_length": N}} | {"files": {name: text}}}
 
+SDXL configs (model_index `_class_name` StableDiffusionXLPipeline) also have "text_encoder_2"
+(CLIPTextModelWithProjection) and "tokenizer_2" (same structure as "tokenizer").
+
 `write_config_dir` turns it into a folder `from_single_file(config=...)` / `from_pretrained`
 accept (with a real CLIP tokenizer folder built from the shipped BPE file).
 """
@@ -29,7 +32,7 @@ CONFIGS_METADATA_KEY = "sepme.configs"
 # ignores keys that start with "_").
 PROFILE_METADATA_KEY = "sepme.profile"
 MODEL_INDEX_KEY = "_sepme"
-KNOWN_PROFILES = ("toy", "sd1", "sd2", "sd2-v")
+KNOWN_PROFILES = ("toy", "sd1", "sd2", "sd2-v", "sdxl")
 # config keys that hold where a model was loaded from (a local path): never exported
 LOCAL_PATH_KEYS = ("_name_or_path",)
 COMPONENT_FILES = {
@@ -39,7 +42,15 @@ COMPONENT_FILES = {
     "text_encoder": "text_encoder/config.json",
     "scheduler": "scheduler/scheduler_config.json",
 }
-SHIPPED_NAMES = ("sd15", "sd21-base", "sd21")
+# SDXL's second text encoder (its second tokenizer is the configs' "tokenizer_2")
+XL_COMPONENT_FILES = {"text_encoder_2": "text_encoder_2/config.json"}
+XL_PIPELINE = "StableDiffusionXLPipeline"
+SHIPPED_NAMES = ("sd15", "sd21-base", "sd21", "sdxl-base")
+
+
+def is_xl(configs: dict[str, Any]) -> bool:
+    """Whether a configs dict describes an SDXL pipeline."""
+    return bool(configs.get("model_index", {}).get("_class_name") == XL_PIPELINE)
 
 
 def shipped_configs(arch_or_name: str) -> dict[str, Any]:
@@ -53,9 +64,13 @@ def shipped_configs(arch_or_name: str) -> dict[str, Any]:
         comp: json.loads((root / rel).read_text(encoding="utf-8"))
         for comp, rel in COMPONENT_FILES.items()
     }
-    out["tokenizer"] = {
-        "clip": json.loads((root / "tokenizer" / "sepme_clip.json").read_text(encoding="utf-8"))
-    }
+    if is_xl(out):
+        for comp, rel in XL_COMPONENT_FILES.items():
+            out[comp] = json.loads((root / rel).read_text(encoding="utf-8"))
+    for tok in ("tokenizer", "tokenizer_2") if is_xl(out) else ("tokenizer",):
+        out[tok] = {
+            "clip": json.loads((root / tok / "sepme_clip.json").read_text(encoding="utf-8"))
+        }
     return out
 
 
@@ -63,15 +78,18 @@ def validate_configs(configs: Any) -> dict[str, Any]:
     """Check the structure of a configs dict (e.g. parsed from file metadata); return it."""
     if not isinstance(configs, dict):
         raise CorruptEntry("embedded configs are not a JSON object")
-    missing = [c for c in (*COMPONENT_FILES, "tokenizer") if not isinstance(configs.get(c), dict)]
+    required = [*COMPONENT_FILES, "tokenizer"]
+    if is_xl(configs):
+        required += [*XL_COMPONENT_FILES, "tokenizer_2"]
+    missing = [c for c in required if not isinstance(configs.get(c), dict)]
     if missing:
         raise CorruptEntry(
             f"embedded configs lack {', '.join(missing)}",
             hint="re-export the file with sepme, or pass --prediction-type/--arch to use the shipped configs",
         )
-    tok = configs["tokenizer"]
-    if "clip" not in tok and "files" not in tok:
-        raise CorruptEntry("embedded tokenizer config has neither 'clip' nor 'files'")
+    for name in ("tokenizer", "tokenizer_2") if is_xl(configs) else ("tokenizer",):
+        if "clip" not in configs[name] and "files" not in configs[name]:
+            raise CorruptEntry(f"embedded {name} config has neither 'clip' nor 'files'")
     return configs
 
 
@@ -80,14 +98,19 @@ def write_config_dir(configs: dict[str, Any], dest: Path) -> Path:
     validate_configs(configs)
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    for comp, rel in COMPONENT_FILES.items():
+    files = {**COMPONENT_FILES, **(XL_COMPONENT_FILES if is_xl(configs) else {})}
+    for comp, rel in files.items():
         path = dest / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(
             json.dumps(configs[comp], indent=2, sort_keys=True) + "\n", encoding="utf-8"
         )
-    tok = configs["tokenizer"]
-    tok_dir = dest / "tokenizer"
+    for name in ("tokenizer", "tokenizer_2") if is_xl(configs) else ("tokenizer",):
+        _write_tokenizer(configs[name], dest / name)
+    return dest
+
+
+def _write_tokenizer(tok: dict[str, Any], tok_dir: Path) -> None:
     if "clip" in tok:
         clip = tok["clip"]
         write_tokenizer_dir(
@@ -101,7 +124,6 @@ def write_config_dir(configs: dict[str, Any], dest: Path) -> Path:
             if "/" in name or "\\" in name or name.startswith("."):
                 raise CorruptEntry(f"bad tokenizer file name {name!r} in embedded configs")
             (tok_dir / name).write_text(text, encoding="utf-8")
-    return dest
 
 
 def without_local_paths(config: dict[str, Any]) -> dict[str, Any]:
@@ -123,50 +145,65 @@ def _is_standard_clip_tokenizer(tok: Any) -> bool:
     return bool(tok.get_vocab() == vocab)
 
 
-def pipeline_configs(pipe: Any) -> dict[str, Any]:
-    """The configs dict of a loaded StableDiffusionPipeline (JSON-serialisable)."""
+def _tokenizer_config(tok: Any) -> dict[str, Any]:
     import tempfile
+
+    if _is_standard_clip_tokenizer(tok):
+        return {"clip": {"pad_token": str(tok.pad_token), "max_length": int(tok.model_max_length)}}
+    with tempfile.TemporaryDirectory(prefix="sepme-tok-") as tmp:
+        tok.save_pretrained(tmp)
+        files = {
+            p.name: p.read_text(encoding="utf-8")
+            for p in sorted(Path(tmp).iterdir())
+            if p.is_file()
+        }
+    return {"files": files}
+
+
+def _text_config(encoder: Any) -> dict[str, Any]:
+    cfg = without_local_paths(json.loads(encoder.config.to_json_string()))
+    cfg.setdefault("architectures", [type(encoder).__name__])
+    return cfg
+
+
+def pipeline_configs(pipe: Any) -> dict[str, Any]:
+    """The configs dict of a loaded StableDiffusion(XL)Pipeline (JSON-serialisable)."""
 
     def diff_cfg(obj: Any) -> dict[str, Any]:
         return without_local_paths(dict(json.loads(obj.to_json_string())))
 
-    text_cfg = without_local_paths(json.loads(pipe.text_encoder.config.to_json_string()))
-    text_cfg.setdefault("architectures", [type(pipe.text_encoder).__name__])
-    model_index = {
-        "_class_name": "StableDiffusionPipeline",
+    xl = getattr(pipe, "text_encoder_2", None) is not None
+    model_index: dict[str, Any] = {
+        "_class_name": XL_PIPELINE if xl else "StableDiffusionPipeline",
         "_diffusers_version": diff_cfg(pipe.unet).get("_diffusers_version", "0.0.0"),
-        "feature_extractor": [None, None],
-        "requires_safety_checker": False,
-        "safety_checker": [None, None],
         "scheduler": ["diffusers", type(pipe.scheduler).__name__],
         "text_encoder": ["transformers", type(pipe.text_encoder).__name__],
         "tokenizer": ["transformers", type(pipe.tokenizer).__name__],
         "unet": ["diffusers", type(pipe.unet).__name__],
         "vae": ["diffusers", type(pipe.vae).__name__],
     }
-    tok = pipe.tokenizer
-    tokenizer: dict[str, Any]
-    if _is_standard_clip_tokenizer(tok):
-        tokenizer = {
-            "clip": {"pad_token": str(tok.pad_token), "max_length": int(tok.model_max_length)}
-        }
+    if xl:
+        model_index["text_encoder_2"] = ["transformers", type(pipe.text_encoder_2).__name__]
+        model_index["tokenizer_2"] = ["transformers", type(pipe.tokenizer_2).__name__]
+        model_index["force_zeros_for_empty_prompt"] = bool(
+            pipe.config.get("force_zeros_for_empty_prompt", True)
+        )
     else:
-        with tempfile.TemporaryDirectory(prefix="sepme-tok-") as tmp:
-            tok.save_pretrained(tmp)
-            files = {
-                p.name: p.read_text(encoding="utf-8")
-                for p in sorted(Path(tmp).iterdir())
-                if p.is_file()
-            }
-        tokenizer = {"files": files}
-    return {
+        model_index["feature_extractor"] = [None, None]
+        model_index["requires_safety_checker"] = False
+        model_index["safety_checker"] = [None, None]
+    out = {
         "model_index": model_index,
         "unet": diff_cfg(pipe.unet),
         "vae": diff_cfg(pipe.vae),
-        "text_encoder": text_cfg,
+        "text_encoder": _text_config(pipe.text_encoder),
         "scheduler": diff_cfg(pipe.scheduler),
-        "tokenizer": tokenizer,
+        "tokenizer": _tokenizer_config(pipe.tokenizer),
     }
+    if xl:
+        out["text_encoder_2"] = _text_config(pipe.text_encoder_2)
+        out["tokenizer_2"] = _tokenizer_config(pipe.tokenizer_2)
+    return out
 
 
 __all__ = [
@@ -175,6 +212,9 @@ __all__ = [
     "MODEL_INDEX_KEY",
     "PROFILE_METADATA_KEY",
     "SHIPPED_NAMES",
+    "XL_COMPONENT_FILES",
+    "XL_PIPELINE",
+    "is_xl",
     "pipeline_configs",
     "set_prediction_type",
     "shipped_configs",

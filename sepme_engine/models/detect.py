@@ -55,6 +55,8 @@ from sepme_engine.models.configs import (
     validate_configs,
 )
 from sepme_engine.models.ldm_keys import (
+    SDXL_CLIP_PREFIX,
+    SDXL_OPENCLIP_PREFIX,
     UNET_PREFIX,
     VAE_PREFIX,
     ldm_unet_to_diffusers,
@@ -69,6 +71,7 @@ KNOWN_BASES: dict[str, str] = {
     "sd2": "stabilityai/stable-diffusion-2",
     "sd21-base": "stabilityai/stable-diffusion-2-1-base",
     "sd21": "stabilityai/stable-diffusion-2-1",
+    "sdxl": "stabilityai/stable-diffusion-xl-base-1.0",
 }
 
 # The original runwayml repo left the hub; a local cache may still hold it under that name.
@@ -91,7 +94,7 @@ class SourceInfo:
     source: str  # as given
     path: Path | None  # the folder or file (None for a hub id)
     hub_id: str | None  # the resolved repo id (None for local sources)
-    arch: str  # "sd1" | "sd2" | "sd2-v"
+    arch: str  # "sd1" | "sd2" | "sd2-v" | "sdxl"
     prediction_type: str  # "epsilon" | "v_prediction"
     prediction_source: (
         str  # "override" | "config" | "metadata" | "v_pred key" | "weights" | "default"
@@ -110,7 +113,7 @@ class SourceInfo:
 
     @property
     def family(self) -> str:
-        return "sd1" if self.arch == "sd1" else "sd2"
+        return self.arch if self.arch in ("sd1", "sdxl") else "sd2"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -170,10 +173,10 @@ def _unsupported_from_keys(keys: list[str], metadata: Mapping[str, str]) -> str 
     def has(pred: Any) -> bool:
         return any(pred(k) for k in keys)
 
-    if has(lambda k: k.startswith("conditioner.embedders.1.")) or has(
-        lambda k: k.startswith(UNET_PREFIX + "label_emb.")
+    if has(lambda k: k.startswith(UNET_PREFIX + "label_emb.")) and not has(
+        lambda k: k.startswith(SDXL_OPENCLIP_PREFIX)
     ):
-        return "an SDXL checkpoint (two text encoders / label_emb keys)"
+        return "an SDXL refiner checkpoint (label_emb keys, one OpenCLIP text encoder)"
     if has(lambda k: "joint_blocks." in k):
         return "a Stable Diffusion 3 checkpoint (joint_blocks.* keys)"
     if has(lambda k: "double_blocks." in k):
@@ -185,7 +188,7 @@ def _unsupported_from_keys(keys: list[str], metadata: Mapping[str, str]) -> str 
     if has(lambda k: k.startswith(("down_blocks.", "mid_block.", "up_blocks."))):
         return "a diffusers-format UNet file, not a full A1111/ComfyUI checkpoint (pass the diffusers folder instead)"
     arch = metadata.get("modelspec.architecture", "")
-    if "xl" in arch or "sd3" in arch or "flux" in arch:
+    if "refiner" in arch or "sd3" in arch or "flux" in arch:
         return f"a {arch} model (modelspec.architecture)"
     return None
 
@@ -204,8 +207,8 @@ def _ldm_info(
     what = _unsupported_from_keys(keys, metadata)
     if what:
         raise UnsupportedModel(
-            f"{path.name} is {what}; sepme supports Stable Diffusion 1.x and 2.x",
-            hint="use an SD 1.x / 2.x checkpoint or diffusers folder",
+            f"{path.name} is {what}; sepme supports Stable Diffusion 1.x, 2.x and SDXL base",
+            hint="use an SD 1.x / 2.x / SDXL base checkpoint or diffusers folder",
         )
     parts = {
         "UNet (model.diffusion_model.*)": (UNET_PREFIX,),
@@ -226,13 +229,21 @@ def _ldm_info(
             "instruct-pix2pix model); sepme supports text-to-image SD 1.x / 2.x",
         )
     layout = text_layout(keys)
+    if SDXL_OPENCLIP_PREFIX + "token_embedding.weight" in shapes:
+        if SDXL_CLIP_PREFIX + "embeddings.token_embedding.weight" not in shapes:
+            raise UnsupportedModel(
+                f"{path.name} has an SDXL OpenCLIP text encoder but no CLIP ViT-L one "
+                f"({SDXL_CLIP_PREFIX}*)",
+                hint="pass a complete SDXL base checkpoint or its diffusers folder",
+            )
+        layout = (SDXL_CLIP_PREFIX, "sdxl", SDXL_CLIP_PREFIX)
     if layout is None:
         raise UnsupportedModel(
             f"{path.name}: unrecognised text encoder (neither OpenAI CLIP "
             "cond_stage_model.transformer.* nor OpenCLIP cond_stage_model.model.*)",
         )
     text_prefix, family, _ = layout
-    if family == "sd1":
+    if family in ("sd1", "sdxl"):
         tok_key = text_prefix + "embeddings.token_embedding.weight"
         pos_key = text_prefix + "embeddings.position_embedding.weight"
     else:
@@ -266,6 +277,8 @@ def _ldm_info(
     )
     text_width = layers[0][1][1]
     token_width = int(shapes[tok_key][-1])
+    if family == "sdxl":
+        token_width += int(shapes[SDXL_OPENCLIP_PREFIX + "token_embedding.weight"][-1])
     if token_width != text_width:
         notes.append(
             f"text encoder width {token_width} differs from cross-attention width {text_width}"
@@ -382,6 +395,8 @@ def _prediction_for_file(
         return "v_prediction", "v_pred key"
     if family == "sd1":
         return "epsilon", "default"
+    if family == "sdxl":
+        return "epsilon", "default"  # SDXL base; v-prediction derivatives say so in metadata
     values = read_tensor(V_PRED_PROBE) if read_tensor is not None else None
     if values:
         std = _population_std(values)
@@ -482,10 +497,17 @@ def _config_folder_info(
 ) -> SourceInfo:
     index = _read_json(folder / "model_index.json")
     cls = str(index.get("_class_name", ""))
-    if "XL" in cls or "StableDiffusion3" in cls or "Flux" in cls or cls.startswith("Kandinsky"):
+    if cls == "StableDiffusionXLPipeline" and index.get("text_encoder", [None])[0] is None:
         raise UnsupportedModel(
-            f"{source} is a {cls}; sepme supports Stable Diffusion 1.x and 2.x",
-            hint="use an SD 1.x / 2.x model",
+            f"{source} is an SDXL pipeline without the CLIP ViT-L text encoder (a refiner?); "
+            "sepme supports SDXL base",
+            hint="use the SDXL base model",
+        )
+    other_xl = "XL" in cls and cls != "StableDiffusionXLPipeline"  # refiner, img2img, ...
+    if other_xl or "StableDiffusion3" in cls or "Flux" in cls or cls.startswith("Kandinsky"):
+        raise UnsupportedModel(
+            f"{source} is a {cls}; sepme supports Stable Diffusion 1.x, 2.x and SDXL base",
+            hint="use an SD 1.x / 2.x / SDXL base model",
         )
     for comp in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
         if comp not in index:
@@ -495,8 +517,16 @@ def _config_folder_info(
     unet_cfg = _read_json(folder / "unet" / "config.json")
     text_cfg = _read_json(folder / "text_encoder" / "config.json")
     sched_cfg = _read_json(folder / "scheduler" / "scheduler_config.json")
-    if unet_cfg.get("addition_embed_type") == "text_time":
-        raise UnsupportedModel(f"{source} has an SDXL UNet (addition_embed_type=text_time)")
+    xl = cls == "StableDiffusionXLPipeline"
+    if xl:
+        for comp in ("text_encoder_2", "tokenizer_2"):
+            if comp not in index or index[comp][0] is None:
+                raise UnsupportedModel(f"{source} ({cls}) has no {comp} component")
+    if unet_cfg.get("addition_embed_type") == "text_time" and not xl:
+        raise UnsupportedModel(
+            f"{source} has an SDXL UNet (addition_embed_type=text_time) in a {cls or 'pipeline'}",
+            hint="sepme reads SDXL as a StableDiffusionXLPipeline folder",
+        )
     if int(unet_cfg.get("in_channels", 4)) != 4:
         raise UnsupportedModel(
             f"{source} has a UNet with {unet_cfg.get('in_channels')} input channels (inpainting?); "
@@ -505,7 +535,9 @@ def _config_folder_info(
     notes = _weights_format(folder, allow_pickle, check_weights)
     width = int(unet_cfg.get("cross_attention_dim", 0) or 0)
     act = text_cfg.get("hidden_act")
-    if act == "quick_gelu":
+    if xl:
+        family = "sdxl"
+    elif act == "quick_gelu":
         family = "sd1"
     elif act == "gelu":
         family = "sd2"
@@ -581,9 +613,11 @@ def hub_snapshot(repo_id: str, *, configs_only: bool, allow_pickle: bool = False
 
     patterns = ["*.json", "*.txt"]
     if not configs_only:
-        patterns += ["unet/*.safetensors", "vae/*.safetensors", "text_encoder/*.safetensors"]
+        comps = ("unet", "vae", "text_encoder", "text_encoder_2")
+        # the top-level `*.safetensors` weights of SDXL repos are not needed (the folders are)
+        patterns += [f"{c}/*.safetensors" for c in comps]
         if allow_pickle:
-            patterns += ["unet/*.bin", "vae/*.bin", "text_encoder/*.bin"]
+            patterns += [f"{c}/*.bin" for c in comps]
     for rid in (repo_id, *HUB_CACHE_ALIASES.get(repo_id, ())):
         try:
             return Path(snapshot_download(rid, allow_patterns=patterns, local_files_only=True))

@@ -28,6 +28,12 @@ Layout facts:
   "concat_qkv". Diffusers' SD2 CLIPTextModel has 23 layers; the LDM file of the original has 24 and a
   `text_projection`, which diffusers ignores on import. `openclip_padding` can add an inert 24th
   block and an identity projection for loaders that insist on them.
+- SDXL (generative-models layout): the UNet as above (3 levels; the transformer depth per level
+  only changes the `transformer_blocks.N` names, which are kept) plus `add_embedding.linear_{1,2}`
+  -> `label_emb.0.{0,2}`; CLIP ViT-L (`text_encoder`) under `conditioner.embedders.0.transformer.
+  text_model.`; OpenCLIP bigG (`text_encoder_2`, all 32 layers) under `conditioner.embedders.1.
+  model.` in the OpenCLIP layout above, and its `text_projection` = the transpose of diffusers'
+  `text_projection.weight` (transform "transpose", as diffusers' converter undoes it).
 """
 
 from __future__ import annotations
@@ -44,8 +50,12 @@ UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 CLIP_PREFIX = "cond_stage_model.transformer.text_model."
 OPENCLIP_PREFIX = "cond_stage_model.model."
+# SDXL (Stability's generative-models layout): CLIP ViT-L and OpenCLIP ViT-bigG
+SDXL_CLIP_PREFIX = "conditioner.embedders.0.transformer.text_model."
+SDXL_OPENCLIP_PREFIX = "conditioner.embedders.1.model."
 
 COMPONENTS = ("unet", "vae", "text_encoder")
+XL_COMPONENTS = (*COMPONENTS, "text_encoder_2")
 
 # Text-encoder layouts found in SD 1.x / 2.x single files, as (prefix in the file, family, the
 # canonical prefix sepme and diffusers read). A1111 and ComfyUI rename the others the same way.
@@ -78,7 +88,7 @@ def canonical_text_key(key: str, prefix: str, canonical: str) -> str:
     return key
 
 
-TRANSFORMS = ("copy", "linear_to_conv", "concat_qkv")
+TRANSFORMS = ("copy", "linear_to_conv", "concat_qkv", "transpose")
 
 _UNET_FIXED = {
     "time_embedding.linear_1.weight": "time_embed.0.weight",
@@ -91,6 +101,13 @@ _UNET_FIXED = {
     "conv_norm_out.bias": "out.0.bias",
     "conv_out.weight": "out.2.weight",
     "conv_out.bias": "out.2.bias",
+}
+# SDXL's text_time addition embedding (mapped for arch sdxl only)
+_UNET_XL_FIXED = {
+    "add_embedding.linear_1.weight": "label_emb.0.0.weight",
+    "add_embedding.linear_1.bias": "label_emb.0.0.bias",
+    "add_embedding.linear_2.weight": "label_emb.0.2.weight",
+    "add_embedding.linear_2.bias": "label_emb.0.2.bias",
 }
 _UNET_RESNET = {
     "norm1": "in_layers.0",
@@ -171,16 +188,21 @@ def apply_transform(transform: str, tensors: Sequence[torch.Tensor]) -> torch.Te
         import torch
 
         return torch.cat(list(tensors), dim=0)
+    if transform == "transpose":
+        (t,) = tensors
+        return t.T.contiguous()
     raise ValueError(f"unknown transform {transform!r}")
 
 
 def text_encoder_style(arch: str) -> str:
-    """ "clip" (SD1, OpenAI CLIP layout) or "open_clip" (SD2)."""
+    """ "clip" (SD1, OpenAI CLIP layout), "open_clip" (SD2) or "sdxl" (both, SDXL prefixes)."""
     if arch == "sd1":
         return "clip"
+    if arch == "sdxl":
+        return "sdxl"
     if arch in ("sd2", "sd2-v"):
         return "open_clip"
-    raise ValueError(f"unknown architecture {arch!r} (expected sd1, sd2 or sd2-v)")
+    raise ValueError(f"unknown architecture {arch!r} (expected sd1, sd2, sd2-v or sdxl)")
 
 
 def _strip_text_model(key: str) -> str:
@@ -198,7 +220,7 @@ def _layers_per_block(unet_keys: Iterable[str]) -> int:
     return max(idx) + 1
 
 
-def _unet_entries(keys: list[str]) -> list[LdmEntry]:
+def _unet_entries(keys: list[str], xl: bool = False) -> list[LdmEntry]:
     lpb = _layers_per_block(keys)
     up_has_attn = {
         int(m.group(1)) for k in keys if (m := re.match(r"up_blocks\.(\d+)\.attentions\.", k))
@@ -206,7 +228,8 @@ def _unet_entries(keys: list[str]) -> list[LdmEntry]:
     out: list[LdmEntry] = []
     unknown: list[str] = []
     for key in keys:
-        ldm = _unet_key_to_ldm(key, lpb, up_has_attn)
+        ldm = _UNET_XL_FIXED.get(key) if xl else None
+        ldm = ldm or _unet_key_to_ldm(key, lpb, up_has_attn)
         if ldm is None:
             unknown.append(key)
         else:
@@ -267,7 +290,7 @@ def ldm_unet_to_diffusers(ldm_keys: Iterable[str]) -> dict[str, str]:
     keys = [k[len(UNET_PREFIX) :] if k.startswith(UNET_PREFIX) else k for k in ldm_keys]
     full = dict(zip(keys, ldm_keys, strict=True))
     lpb = _ldm_layers_per_block(keys)
-    inv_fixed = {v: k for k, v in _UNET_FIXED.items()}
+    inv_fixed = {v: k for k, v in (_UNET_FIXED | _UNET_XL_FIXED).items()}
     out: dict[str, str] = {}
     for k in keys:
         d: str | None = None
@@ -299,6 +322,31 @@ def ldm_unet_to_diffusers(ldm_keys: Iterable[str]) -> dict[str, str]:
                 d = f"up_blocks.{b}.attentions.{layer}.{rest}"
         if d is not None:
             out[full[k]] = d
+    return out
+
+
+def ldm_attention_module_names(modules: Iterable[str]) -> dict[str, str]:
+    """LDM names (without `model.diffusion_model.`) of diffusers UNet modules inside attention
+    blocks, e.g. `down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k` ->
+    `input_blocks.4.1.transformer_blocks.0.attn2.to_k` (SDXL). Layers per block is read from the
+    down blocks' attention indices (a down block has one attention per layer), so pass every
+    attention module of the UNet (e.g. all its to_k/to_v). Raises ValueError otherwise.
+    """
+    modules = list(modules)
+    idx = [
+        int(m.group(1))
+        for k in modules
+        if (m := re.match(r"down_blocks\.\d+\.attentions\.(\d+)\.", k))
+    ]
+    if not idx:
+        raise ValueError("no down-block attention modules: cannot tell the layers per block")
+    lpb = max(idx) + 1
+    out: dict[str, str] = {}
+    for name in modules:
+        ldm = _unet_key_to_ldm(name + ".weight", lpb, set())
+        if ldm is None or not ldm.endswith(".weight"):
+            raise ValueError(f"no LDM name for UNet module {name!r}")
+        out[name] = ldm[: -len(".weight")]
     return out
 
 
@@ -377,9 +425,16 @@ def _vae_entries(keys: list[str]) -> list[LdmEntry]:
     return out
 
 
-def _text_entries(keys: list[str], style: str) -> list[LdmEntry]:
+def _text_entries(
+    keys: list[str],
+    style: str,
+    prefix: str | None = None,
+    component: str = "text_encoder",
+) -> list[LdmEntry]:
     if style == "clip":
-        return [LdmEntry(CLIP_PREFIX + _strip_text_model(k), "text_encoder", (k,)) for k in keys]
+        prefix = prefix or CLIP_PREFIX
+        return [LdmEntry(prefix + _strip_text_model(k), component, (k,)) for k in keys]
+    prefix = prefix or OPENCLIP_PREFIX
     out: list[LdmEntry] = []
     unknown: list[str] = []
     bare = {_strip_text_model(k): k for k in keys}
@@ -388,7 +443,10 @@ def _text_entries(keys: list[str], style: str) -> list[LdmEntry]:
         if key in done:
             continue
         if key in _OPENCLIP_FIXED:
-            out.append(LdmEntry(OPENCLIP_PREFIX + _OPENCLIP_FIXED[key], "text_encoder", (orig,)))
+            out.append(LdmEntry(prefix + _OPENCLIP_FIXED[key], component, (orig,)))
+            continue
+        if key == "text_projection.weight":  # CLIPTextModelWithProjection (SDXL's bigG)
+            out.append(LdmEntry(prefix + "text_projection", component, (orig,), "transpose"))
             continue
         if key == "embeddings.position_ids":  # a buffer in older transformers; not in LDM files
             continue
@@ -397,7 +455,7 @@ def _text_entries(keys: list[str], style: str) -> list[LdmEntry]:
             unknown.append(orig)
             continue
         n, mod, kind = m[1], m[2], m[3]
-        base = f"{OPENCLIP_PREFIX}transformer.resblocks.{n}."
+        base = f"{prefix}transformer.resblocks.{n}."
         if mod in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"):
             parts = tuple(f"encoder.layers.{n}.self_attn.{p}_proj.{kind}" for p in "qkv")
             missing = [p for p in parts if p not in bare]
@@ -407,13 +465,13 @@ def _text_entries(keys: list[str], style: str) -> list[LdmEntry]:
             out.append(
                 LdmEntry(
                     f"{base}attn.in_proj_{kind}",
-                    "text_encoder",
+                    component,
                     tuple(bare[p] for p in parts),
                     "concat_qkv",
                 )
             )
         elif mod in _OPENCLIP_LAYER:
-            out.append(LdmEntry(f"{base}{_OPENCLIP_LAYER[mod]}.{kind}", "text_encoder", (orig,)))
+            out.append(LdmEntry(f"{base}{_OPENCLIP_LAYER[mod]}.{kind}", component, (orig,)))
         else:
             unknown.append(orig)
     if unknown:
@@ -425,16 +483,27 @@ def ldm_key_map(keys: Mapping[str, Iterable[str]], arch: str) -> list[LdmEntry]:
     """The full LDM layout of a pipeline, one entry per LDM tensor, in a stable order.
 
     `keys` maps "unet", "vae", "text_encoder" to that component's diffusers state-dict keys (e.g.
-    `pipe.unet.state_dict().keys()`); `arch` is "sd1", "sd2" or "sd2-v" (it picks the
-    text-encoder layout). A missing or empty component is skipped (e.g. a text-encoder-only map).
+    `pipe.unet.state_dict().keys()`; SDXL also "text_encoder_2"); `arch` is "sd1", "sd2",
+    "sd2-v" or "sdxl" (it picks the text-encoder layout). A missing or empty component is skipped (e.g. a text-encoder-only map).
     Raises ValueError naming any key the map cannot place.
     """
     style = text_encoder_style(arch)
     unet, vae, text = (list(keys.get(c, ())) for c in COMPONENTS)
+    text_2 = list(keys.get("text_encoder_2", ()))
+    if style == "sdxl":
+        texts = (_text_entries(text, "clip", SDXL_CLIP_PREFIX) if text else []) + (
+            _text_entries(text_2, "open_clip", SDXL_OPENCLIP_PREFIX, "text_encoder_2")
+            if text_2
+            else []
+        )
+    elif text_2:
+        raise ValueError(f"a second text encoder is only known for sdxl, not {arch}")
+    else:
+        texts = _text_entries(text, style) if text else []
     entries = (
-        (_unet_entries(unet) if unet else [])
+        (_unet_entries(unet, style == "sdxl") if unet else [])
         + (_vae_entries(vae) if vae else [])
-        + (_text_entries(text, style) if text else [])
+        + texts
     )
     seen: set[str] = set()
     for e in entries:
@@ -449,20 +518,25 @@ def diffusers_to_ldm(
     vae_sd: Mapping[str, torch.Tensor],
     text_sd: Mapping[str, torch.Tensor],
     arch: str,
+    text_2_sd: Mapping[str, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """The LDM (A1111/ComfyUI) state dict of a diffusers SD pipeline's three models."""
+    """The LDM (A1111/ComfyUI) state dict of a diffusers SD pipeline's models (SDXL: four)."""
     sds = {"unet": unet_sd, "vae": vae_sd, "text_encoder": text_sd}
+    if text_2_sd is not None:
+        sds["text_encoder_2"] = text_2_sd
     entries = ldm_key_map({c: sd.keys() for c, sd in sds.items()}, arch)
     return {e.ldm_key: e.build([sds[e.component][k] for k in e.diffusers_keys]) for e in entries}
 
 
 def pipeline_to_ldm(pipe: object, arch: str) -> dict[str, torch.Tensor]:
     """`diffusers_to_ldm` of a loaded StableDiffusionPipeline (tensors share the models' memory)."""
+    text_2 = getattr(pipe, "text_encoder_2", None)
     return diffusers_to_ldm(
         pipe.unet.state_dict(),  # type: ignore[attr-defined]
         pipe.vae.state_dict(),  # type: ignore[attr-defined]
         pipe.text_encoder.state_dict(),  # type: ignore[attr-defined]
         arch,
+        None if text_2 is None else text_2.state_dict(),
     )
 
 
@@ -507,6 +581,9 @@ def openclip_padding(text_sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Ten
 __all__ = [
     "CLIP_PREFIX",
     "OPENCLIP_PREFIX",
+    "SDXL_CLIP_PREFIX",
+    "SDXL_OPENCLIP_PREFIX",
+    "XL_COMPONENTS",
     "UNET_PREFIX",
     "VAE_PREFIX",
     "LdmEntry",
@@ -515,6 +592,7 @@ __all__ = [
     "ldm_key_map",
     "TEXT_LAYOUTS",
     "canonical_text_key",
+    "ldm_attention_module_names",
     "ldm_unet_to_diffusers",
     "openclip_padding",
     "pipeline_to_ldm",

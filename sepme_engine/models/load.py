@@ -1,4 +1,5 @@
-"""Load a base model as a diffusers StableDiffusionPipeline, offline and quietly.
+"""Load a base model as a diffusers StableDiffusionPipeline (StableDiffusionXLPipeline for arch
+sdxl), offline and quietly.
 
 - diffusers folder: `from_pretrained(folder, local_files_only=True)`;
 - single file (A1111/ComfyUI layout): `from_single_file(path, config=<local folder>,
@@ -76,12 +77,14 @@ def _finish(pipe: Any, device: torch.device, prediction_type: str | None) -> Any
         pipe.scheduler = type(pipe.scheduler).from_config(
             pipe.scheduler.config, prediction_type=prediction_type
         )
-    pipe.safety_checker = None
-    if hasattr(pipe, "register_to_config"):
-        pipe.register_to_config(requires_safety_checker=False)
+    xl = getattr(pipe, "text_encoder_2", None) is not None
+    if not xl:
+        pipe.safety_checker = None
+        if hasattr(pipe, "register_to_config"):
+            pipe.register_to_config(requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     pipe.to(device)
-    for name in ("unet", "vae", "text_encoder"):
+    for name in ("unet", "vae", "text_encoder", *(("text_encoder_2",) if xl else ())):
         model = getattr(pipe, name)
         model.eval()
         model.requires_grad_(False)
@@ -114,16 +117,26 @@ def single_file_configs(
     return set_prediction_type(configs, info.prediction_type)
 
 
-def _from_single_file(path: Path, config_dir: Path, dtype: torch.dtype) -> Any:
-    from diffusers import StableDiffusionPipeline
+def pipeline_class(arch: str) -> Any:
+    """The diffusers pipeline class for an architecture."""
+    import diffusers
 
-    return StableDiffusionPipeline.from_single_file(
+    return (
+        diffusers.StableDiffusionXLPipeline if arch == "sdxl" else diffusers.StableDiffusionPipeline
+    )
+
+
+def _pipeline_kwargs(arch: str) -> dict[str, Any]:
+    return {} if arch == "sdxl" else {"safety_checker": None, "requires_safety_checker": False}
+
+
+def _from_single_file(path: Path, config_dir: Path, dtype: torch.dtype, arch: str) -> Any:
+    return pipeline_class(arch).from_single_file(
         str(path),
         config=str(config_dir),
         local_files_only=True,
         torch_dtype=dtype,
-        safety_checker=None,
-        requires_safety_checker=False,
+        **_pipeline_kwargs(arch),
     )
 
 
@@ -167,7 +180,11 @@ def _from_state_dict(checkpoint: dict[str, Any], config_dir: Path, dtype: torch.
 
 
 def _needs_renaming(info: SourceInfo) -> bool:
-    return bool(info.text_prefix) and info.text_prefix not in (CLIP_PREFIX, OPENCLIP_PREFIX)
+    return (
+        info.arch != "sdxl"
+        and bool(info.text_prefix)
+        and info.text_prefix not in (CLIP_PREFIX, OPENCLIP_PREFIX)
+    )
 
 
 def _canonical_text_layout(sd: dict[str, Any], info: SourceInfo) -> dict[str, Any]:
@@ -179,14 +196,9 @@ def _canonical_text_layout(sd: dict[str, Any], info: SourceInfo) -> dict[str, An
     return {canonical_text_key(k, info.text_prefix, canonical): v for k, v in sd.items()}
 
 
-def _load_hub(repo_id: str, dtype: torch.dtype, allow_pickle: bool) -> Any:
-    from diffusers import StableDiffusionPipeline
-
-    kwargs: dict[str, Any] = {
-        "torch_dtype": dtype,
-        "safety_checker": None,
-        "requires_safety_checker": False,
-    }
+def _load_hub(repo_id: str, dtype: torch.dtype, allow_pickle: bool, arch: str) -> Any:
+    StableDiffusionPipeline = pipeline_class(arch)  # noqa: N806
+    kwargs: dict[str, Any] = {"torch_dtype": dtype, **_pipeline_kwargs(arch)}
     if not allow_pickle:
         kwargs["use_safetensors"] = True
     for rid in (repo_id, *HUB_CACHE_ALIASES.get(repo_id, ())):
@@ -255,20 +267,17 @@ def load_pipeline(
     final_pred = info.prediction_type
     with quiet_loading():
         if info.kind == "diffusers":
-            from diffusers import StableDiffusionPipeline
-
             assert info.path is not None
-            pipe = StableDiffusionPipeline.from_pretrained(
+            pipe = pipeline_class(info.arch).from_pretrained(
                 str(info.path),
                 local_files_only=True,
                 torch_dtype=dtype,
-                safety_checker=None,
-                requires_safety_checker=False,
                 use_safetensors=None if allow_pickle else True,
+                **_pipeline_kwargs(info.arch),
             )
         elif info.kind == "hub":
             assert info.hub_id is not None
-            pipe = _load_hub(info.hub_id, dtype, allow_pickle)
+            pipe = _load_hub(info.hub_id, dtype, allow_pickle, info.arch)
         else:
             assert info.path is not None
             cfgs = single_file_configs(info, arch, configs)
@@ -276,6 +285,12 @@ def load_pipeline(
             with tempfile.TemporaryDirectory(prefix="sepme-config-") as tmp:
                 config_dir = write_config_dir(cfgs, Path(tmp) / "config")
                 try:
+                    if info.file_format == "pickle" and info.arch == "sdxl":
+                        raise UnsupportedModel(
+                            f"{info.path.name} is an SDXL pickle checkpoint; sepme reads SDXL "
+                            "single files as .safetensors only",
+                            hint="convert it to .safetensors with a tool you trust",
+                        )
                     if info.file_format == "pickle":
                         sd = _canonical_text_layout(load_pickle_state_dict(info.path), info)
                         pipe = _from_state_dict(sd, config_dir, dtype)
@@ -285,7 +300,7 @@ def load_pipeline(
                         sd = _canonical_text_layout(load_file(str(info.path)), info)
                         pipe = _from_state_dict(sd, config_dir, dtype)
                     else:
-                        pipe = _from_single_file(info.path, config_dir, dtype)
+                        pipe = _from_single_file(info.path, config_dir, dtype, info.arch)
                 except (ValueError, RuntimeError, KeyError) as e:
                     raise UnsupportedModel(
                         f"could not build a {ARCHS[info.arch].label} pipeline from {info.path.name}: {e}",
@@ -294,4 +309,10 @@ def load_pipeline(
     return _finish(pipe, dev, final_pred)
 
 
-__all__ = ["load_pipeline", "quiet_loading", "resolve_device", "single_file_configs"]
+__all__ = [
+    "load_pipeline",
+    "pipeline_class",
+    "quiet_loading",
+    "resolve_device",
+    "single_file_configs",
+]
