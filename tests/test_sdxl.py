@@ -486,18 +486,19 @@ def test_cli_import_erase_inspect_generate_export_on_sdxl(files: dict, tmp_path:
     res = run("export", str(lora), "-b", "xl", "--format", "lora")
     assert res.exit_code == 0, res.output
 
-    # bad inputs as for SD 1.x: one clear line, exit 1, nothing written
+    # bad inputs as for SD 1.x: one clear line, exit 1 (2 for an option out of range, a usage
+    # error), nothing written
     listed = json.loads(run("list", "-b", "xl", "--json").stdout)
     assert [e["concept"] for e in listed] == ["a-cat"]
-    for args, needle in (
-        (("erase", "  ", "-b", "xl", "--device", "cpu"), "empty"),
-        (("erase", "word " * 20, "-b", "xl", "--device", "cpu"), "tokens long"),
-        (("export", str(out), "-b", "xl"), "already exists"),
+    for args, needle, code in (
+        (("erase", "  ", "-b", "xl", "--device", "cpu"), "empty", 1),
+        (("erase", "word " * 20, "-b", "xl", "--device", "cpu"), "tokens long", 1),
+        (("export", str(out), "-b", "xl"), "already exists", 1),
         (("export", str(tmp_path / "r.safetensors"), "-b", "xl", "--format", "lora",
-          "--rank", "0"), "rank"),
+          "--rank", "0"), "rank", 2),
     ):  # fmt: skip
         res = run(*args)
-        assert res.exit_code == 1, (args, res.output)
+        assert res.exit_code == code, (args, res.output)
         assert needle in res.stderr and "Traceback" not in res.output
     assert not (tmp_path / "r.safetensors").exists()
     assert json.loads(run("list", "-b", "xl", "--json").stdout) == listed
