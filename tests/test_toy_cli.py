@@ -53,9 +53,9 @@ def test_generate_grid_and_compare_after_erase(tmp_path: Path, store: Store) -> 
 
     res = run("erase", "circle", "--steps", "15", "--json")
     assert res.exit_code == 0, res.output
-    assert "vs τ -0.001" in res.stderr  # the progress shows the toy profile's effective τ
+    assert "τ -1e-03" in res.stderr  # the progress shows the toy profile's effective τ
     o = json.loads(res.stdout)["outcomes"][0]
-    assert o["unet_passes_data"] == 8 * 25 * 2  # the toy profile: 8 images, 25 steps, CFG
+    assert o["unet_passes_data"] == 4 * 10 * 2  # the toy profile: 4 images, 10 steps, CFG
     shown = json.loads(run("show", "circle", "--json").stdout)
     assert shown["settings"]["beta"] == 0.01
     # the toy profile preserves the other toy concepts by default: E_k = blank + the other 12
