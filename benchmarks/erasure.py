@@ -7,14 +7,16 @@ Everything is seeded. Sections:
 
 * base: the toy base's per-concept accuracy on the evaluation prompts and its chance rates
   (each concept's rate in samples of the blank prompt);
-* scenes 1–4: erase a set at t0, restore one at t1 (scene 4: six concepts at once), for every
-  method; SepME increments are trained per scene in the all-known scenario, their E_k built as
+* scenes 1–5: erase a set at t0, restore one at t1 (scene 4: six concepts at once; scene 5: two
+  shapes and a colour in one call, then restore square), for every method (SepME with its
+  defaults — closed-form start, then G-CiRs; `sepme-cf`: the closed form alone); SepME increments are trained per scene in the all-known scenario, their E_k built as
   `sepme erase` builds it (the scene's other concepts + the toy profile's default preserve
   prompts, i.e. the other toy concepts — so a concept's E_k is the same in every scene and its
   increment, trained deterministically, is trained once and reused); the baselines per concept
   and merged by adding their ΔW (UCE preserves the same E_k);
 * cost: UNet passes, iterations and wall time per concept, and the passes needed to bring the
-  bare prompt's lift to ≤ 0 (ESD-x with doubling iteration caps).
+  bare prompt's lift to ≤ 0 (ESD-x with doubling iteration caps; SepME's default run cut at
+  11, 22, 44 iterations and then whole — each cut is a prefix of the same deterministic run).
 
 The erase issue's single-concept bar (circle, red, stripes erased alone, with more samples) is
 `benchmarks/erase_bar.py`.
@@ -30,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -57,13 +60,16 @@ from sepme_engine.toy.judge import judge_batch
 from sepme_engine.toy.world import axis_of, full_caption
 
 RESULTS = Path(__file__).parent / "results"
-METHODS = ("sepme", "esd-x", "fmn", "uce")
+METHODS = ("sepme", "sepme-cf", "esd-x", "fmn", "uce")
 SCENES: list[tuple[str, list[str], str | None]] = [
     ("1: shapes", ["circle", "triangle"], "circle"),
     ("2: colours", ["red", "green", "blue"], "red"),
     ("3: one per axis", ["cross", "yellow", "checks"], "checks"),
     ("4: capacity", ["red", "green", "blue", "circle", "triangle", "checks"], None),
+    ("5: multi-concept", ["circle", "square", "red"], "square"),
 ]
+# SepME's cost to reach the erasure level: the default run cut at these caps (min_steps + 1 first)
+SEPME_COST_CAPS = (11, 22, 44)
 
 
 @dataclass
@@ -184,7 +190,7 @@ class Trainer:
         self.settings = dict(ERASE_DEFAULTS["toy"])
         self.latents: dict[str, tuple[torch.Tensor, int]] = {}
         self.log: list[dict[str, Any]] = []
-        self.trained: dict[tuple[str, tuple[str, ...], float], tuple[Any, dict[str, Any]]] = {}
+        self.trained: dict[tuple[str, tuple[str, ...], float, int], tuple[Any, dict[str, Any]]] = {}
 
     def data(self, concept: str) -> tuple[torch.Tensor, int, bool]:
         if concept in self.latents:
@@ -220,18 +226,24 @@ class Trainer:
             max_steps=int(max_steps or self.k.sepme_steps or s["steps"]),
             batch_size=int(s["batch_size"]),
             seed=int(s["seed"]),
+            init=str(s["init"]),
+            anchor=str(s["anchor"]),
         )
 
     def sepme(
-        self, concept: str, others: list[str], tau: float | None = None
+        self,
+        concept: str,
+        others: list[str],
+        tau: float | None = None,
+        max_steps: int | None = None,
     ) -> tuple[Any, dict[str, Any]]:
         """(increment, its training record). Training is deterministic, so an increment whose
-        concept, E_k and τ were trained before is reused, with its record (logged once)."""
+        concept, E_k, τ and cap were trained before is reused, with its record (logged once)."""
         from sepme_engine.erase.sepme import train_sepme
 
-        cfg = self.config(tau)
+        cfg = self.config(tau, max_steps)
         e_k = self.e_k(concept, others)
-        key = (concept, tuple(e_k), cfg.tau)
+        key = (concept, tuple(e_k), cfg.tau, cfg.max_steps)
         if key not in self.trained:
             lat, data_passes, _ = self.data(concept)
             r = train_sepme(self.pipe, concept, e_k, lat, cfg, "cpu")
@@ -258,7 +270,10 @@ class Trainer:
         )
         default = r.snapshots.get(tau, r)  # absent: both ran to the cap, the whole run is it
         self._sepme_record(concept, e_k, tau, default, r, data_passes)
-        self.trained[(concept, tuple(e_k), tau)] = (default.increment, self.log[-1])
+        self.trained[(concept, tuple(e_k), tau, self.config().max_steps)] = (
+            default.increment,
+            self.log[-1],
+        )
         self._sepme_record(concept, e_k, tau_low, r, r, data_passes)
         self.log[-1]["probe_iterations"] = probe.iterations
         return (default.increment, self.log[-2]), (r.increment, self.log[-1])
@@ -284,7 +299,25 @@ class Trainer:
             },
         )
 
-    def baseline(self, method: str, concept: str, steps: int | None = None) -> Any:
+    def baseline(
+        self, method: str, concept: str, steps: int | None = None, others: list[str] | None = None
+    ) -> Any:
+        if method == "sepme-cf":
+            from sepme_engine.erase.sepme import closed_form_sepme
+
+            e_k = self.e_k(concept, others or [])
+            rc = closed_form_sepme(self.pipe, concept, e_k, self.config(), "cpu")
+            self._record(
+                method,
+                concept,
+                0,
+                0,
+                0,
+                rc.wall_s,
+                rc.stop_reason,
+                extra={"m_k": rc.m_k, "e_k": len(e_k) + 1, "kv_gap_left": rc.cf_gap_left},
+            )
+            return rc.increment
         lat, data_passes, _ = self.data(concept)
         if method == "esd-x":
             from sepme_engine.erase.esd import EsdConfig, train_esd
@@ -357,6 +390,7 @@ def run_settings(knobs: Knobs, argv: list[str] | None) -> dict[str, Any]:
         "n_per_prompt": knobs.n,
         "n_blank": knobs.n_blank,
         "full_prompts": knobs.full_prompts,
+        "load_average_at_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
 
 
@@ -445,7 +479,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--methods", default=",".join(METHODS))
-    ap.add_argument("--scenes", default="1,2,3,4")
+    ap.add_argument("--cost-methods", help="methods of the cost section (default: --methods)")
+    ap.add_argument("--scenes", default="1,2,3,4,5", help="scenes to run, in this order")
     ap.add_argument("--n", type=int, help="samples per prompt (default 8, quick 4)")
     ap.add_argument(
         "--full-size", type=int, default=12, choices=(6, 12, 24), help="full prompts in the set"
@@ -520,6 +555,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         result["training_log"] = trainer.log
         result["eval_unet_passes"] = evaluator.passes
         result["wall_s"] = round(time.perf_counter() - t_start, 1)
+        if hasattr(os, "getloadavg"):
+            result["load_average_at_save"] = os.getloadavg()[0]
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / f"{stem}.json").write_text(
             json.dumps(result, indent=2, default=float) + "\n", encoding="utf-8"
@@ -528,39 +565,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     save(False)
 
-    # -- scenes ---------------------------------------------------------------------------------
-    baseline_incs: dict[tuple[str, str], Any] = {}
-    result["scenes"] = {}
-    for title, concepts, restore in scenes:
-        scene: dict[str, Any] = {"concepts": concepts, "restore": restore, "methods": {}}
-        for method in methods:
-            log(f"scene {title}: {method}")
-            incs: dict[str, Any] = {}
-            for c in concepts:
-                if method == "sepme":
-                    incs[c] = trainer.sepme(c, [o for o in concepts if o != c])[0]
-                else:
-                    if (method, c) not in baseline_incs:
-                        baseline_incs[(method, c)] = trainer.baseline(method, c)
-                    incs[c] = baseline_incs[(method, c)]
-            order = sorted(incs)
-            ev0 = evaluator.run(sum_deltas([incs[c] for c in order]), bare=concepts)
-            entry: dict[str, Any] = {"t0": summarize(ev0, base, chance, concepts, [])}
-            if restore:
-                kept = [c for c in order if c != restore]
-                ev1 = evaluator.run(sum_deltas([incs[c] for c in kept]), bare=concepts)
-                entry["t1"] = summarize(ev1, base, chance, kept, [restore])
-                entry["t1"]["restored_distance"] = restored_distance(ev1, base, restore, knobs)
-            scene["methods"][method] = entry
-            result["scenes"][title] = scene
-            save(False)
-
+    baseline_incs: dict[tuple[Any, ...], Any] = {}
     # -- cost to reach the erasure level (bare lift <= 0) for circle ------------------------
+    # (first: it is short, and a run stopped early by a time limit still has it; the results do
+    # not depend on the order — every training and every evaluation is seeded on its own)
     cost: dict[str, Any] = {}
     target = "circle"
-    for method in methods:
-        if method == "uce":
-            inc = baseline_incs.get(("uce", target)) or trainer.baseline("uce", target)
+    cost_methods = [m for m in (args.cost_methods or args.methods).split(",") if m]
+    for method in cost_methods:
+        if method in ("uce", "sepme-cf"):
+            inc = baseline_incs.get((method, target)) or trainer.baseline(method, target)
             ev = evaluator.run(sum_deltas([inc]), bare=[target])
             cost[method] = {
                 "reached": ev["bare"][target] - chance[target] <= 0,
@@ -568,13 +582,30 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "bare_lift": ev["bare"][target] - chance[target],
             }
         elif method == "sepme":
-            inc, rec = trainer.sepme(target, [])  # trained in scenes 1 and 4 when they ran
-            ev = evaluator.run(sum_deltas([inc]), bare=[target])
-            lift = ev["bare"][target] - chance[target]
+            # the default run cut at growing caps (deterministic: each is a prefix of the
+            # default run), then the default run itself; the first to reach lift <= 0 counts
+            default_cap = trainer.config().max_steps
+            tried = []
+            for cap in [c for c in SEPME_COST_CAPS if c < default_cap] + [default_cap]:
+                log(f"cost: sepme {target} cap {cap}")
+                inc, rec = trainer.sepme(target, [], max_steps=cap)
+                ev = evaluator.run(sum_deltas([inc]), bare=[target])
+                lift = ev["bare"][target] - chance[target]
+                tried.append(
+                    {
+                        "cap": cap,
+                        "iterations": rec["iterations"],
+                        "unet_passes": rec["unet_passes_total"],
+                        "bare_lift": lift,
+                    }
+                )
+                if lift <= 0:
+                    break
+            ok = [t for t in tried if t["bare_lift"] <= 0]
             cost[method] = {
-                "reached": lift <= 0,
-                "unet_passes": rec["unet_passes_total"],
-                "bare_lift": lift,
+                "reached": bool(ok),
+                "unet_passes": ok[0]["unet_passes"] if ok else None,
+                "tried": tried,
             }
         else:
             steps_list = knobs.esd_caps if method == "esd-x" else (knobs.fmn_steps,)
@@ -597,6 +628,40 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "tried": tried,
             }
     result["cost_to_erase_circle"] = cost
+    save(False)
+
+    # -- scenes ---------------------------------------------------------------------------------
+    result["scenes"] = {}
+    for title, concepts, restore in scenes:
+        scene: dict[str, Any] = {"concepts": concepts, "restore": restore, "methods": {}}
+        for method in methods:
+            log(f"scene {title}: {method}")
+            incs: dict[str, Any] = {}
+            for c in concepts:
+                others = [o for o in concepts if o != c]
+                if method == "sepme":
+                    incs[c] = trainer.sepme(c, others)[0]
+                elif method == "sepme-cf":
+                    key = (method, c, tuple(trainer.e_k(c, others)))
+                    if key not in baseline_incs:
+                        baseline_incs[key] = trainer.baseline(method, c, others=others)
+                    incs[c] = baseline_incs[key]
+                else:
+                    if (method, c) not in baseline_incs:
+                        baseline_incs[(method, c)] = trainer.baseline(method, c)
+                    incs[c] = baseline_incs[(method, c)]
+            order = sorted(incs)
+            ev0 = evaluator.run(sum_deltas([incs[c] for c in order]), bare=concepts)
+            entry: dict[str, Any] = {"t0": summarize(ev0, base, chance, concepts, [])}
+            if restore:
+                kept = [c for c in order if c != restore]
+                ev1 = evaluator.run(sum_deltas([incs[c] for c in kept]), bare=concepts)
+                entry["t1"] = summarize(ev1, base, chance, kept, [restore])
+                entry["t1"]["restored_distance"] = restored_distance(ev1, base, restore, knobs)
+            scene["methods"][method] = entry
+            result["scenes"][title] = scene
+            save(False)
+
     log("writing results")
     save(True)
     return result
@@ -614,6 +679,45 @@ def _below(summary: dict[str, Any], limit: float) -> str:
     return ", ".join(bad) or "none"
 
 
+def bar_check(r: dict[str, Any], method: str = "sepme") -> dict[str, dict[str, Any]]:
+    """Per scene: does `method` meet the erase issue's bar (see render_md)?"""
+    checks: dict[str, dict[str, Any]] = {}
+    for title, scene in r.get("scenes", {}).items():
+        e = scene["methods"].get(method)
+        if not e:
+            continue
+        t0 = e["t0"]
+        forg = [c for c, v in t0["concepts"].items() if v["group"] == "forgotten"]
+        ok_forg = {
+            c: t0["concepts"][c]["bare_lift"] <= 0
+            and (t0["concepts"][c]["full_lift"] is None or t0["concepts"][c]["full_lift"] <= 0.05)
+            for c in forg
+        }
+        means = [t0["regular_mean_delta_full"]] + (
+            [e["t1"]["regular_mean_delta_full"]] if "t1" in e else []
+        )
+        worsts = [t0["regular_worst_delta_full"]] + (
+            [e["t1"]["regular_worst_delta_full"]] if "t1" in e else []
+        )
+        mean = min(v for v in means if v is not None) if any(v is not None for v in means) else None
+        worst = (
+            min(v for v in worsts if v is not None) if any(v is not None for v in worsts) else None
+        )
+        rd = e.get("t1", {}).get("restored_distance")
+        restore_ok = rd is None or rd["bare_mean_abs"] <= 1e-6
+        checks[title] = {
+            "forgotten": ", ".join(f"{c} {'yes' if ok else 'NO'}" for c, ok in ok_forg.items()),
+            "mean": mean,
+            "worst": worst,
+            "restore": "–" if rd is None else f"{rd['bare_mean_abs']:.1e}",
+            "met": all(ok_forg.values())
+            and (mean is None or mean >= -0.01)
+            and (worst is None or worst >= -0.03)
+            and restore_ok,
+        }
+    return checks
+
+
 def render_md(r: dict[str, Any]) -> str:
     s = r["settings"]
     out = [
@@ -624,7 +728,9 @@ def render_md(r: dict[str, Any]) -> str:
         f"Generated by `python -m benchmarks.erasure {s.get('argv', '')}` in {r['wall_s']:.0f} s on CPU (2 cores). "
         f"{s['n_per_prompt']} samples per prompt, {len(s['full_prompts'])} full prompts, {s['n_blank']} blank-prompt samples for chance; "
         f"{s['sampler']} {s['steps']} steps, guidance {s['guidance']}, seed {s['seed']}. Accuracy and lift in percent / points; "
-        "lift = accuracy − the base's blank-prompt rate.",
+        "lift = accuracy − the base's blank-prompt rate. Wall-clock times depend on what else ran on the "
+        f"machine (1-min load average {s.get('load_average_at_start') or 0:.1f} at the start, "
+        f"{r.get('load_average_at_save') or 0:.1f} at the end); UNet-pass counts are exact.",
         "",
         "Regular concepts: judged on the full prompts that name none of the erased concepts, against the "
         "base's images for the same seeds. Restored concept: pixel distance (mean |Δ| in [0, 1] units) "
@@ -683,6 +789,23 @@ def render_md(r: dict[str, Any]) -> str:
                 out.append(
                     f"| {method} | {t} | {fb} | {ff} | {_pts(x['regular_mean_delta_full'])} | {_pts(x['regular_worst_delta_full'])} | {rb} | {rdt} |"
                 )
+    bar = bar_check(r)
+    if bar:
+        out += [
+            "",
+            "## SepME (default settings) against the erase issue's bar",
+            "",
+            "Every forgotten concept: bare lift ≤ 0 and full lift ≤ +5 points; regular concepts: "
+            "mean Δ ≥ −1 and worst ≥ −3 points; restored bare prompt: pixel distance ≤ 1e-6.",
+            "",
+            "| scene | forgotten erased | regular mean / worst Δ | restore distance | bar |",
+            "|---|---|---|---|---|",
+        ]
+        for title, b in bar.items():
+            out.append(
+                f"| {title} | {b['forgotten']} | {_pts(b['mean'])} / {_pts(b['worst'])} | "
+                f"{b['restore']} | {'met' if b['met'] else 'NOT met'} |"
+            )
     if "cost_to_erase_circle" in r:
         out += [
             "",

@@ -23,22 +23,29 @@ from sepme_cli._render import err, out, print_json, table
 app = typer.Typer()
 
 
+def _short(name: str, width: int = 14) -> str:
+    return name if len(name) <= width else name[: width - 1] + "…"
+
+
+def step_stats(iteration: int, momentum: float, tau: float, rate: float) -> str:
+    """The erase line's statistics, ≤ 44 characters: the iteration, the momentum m_n of L_cor and
+    the threshold τ it must fall below (the stop SepME waits for), and the speed."""
+    arrow = "<" if momentum < tau else "≥"
+    return f"it {iteration:>4}  m {momentum:+.1e} {arrow} τ {tau:+.0e}  {rate:4.1f} it/s"
+
+
 @contextmanager
 def _progress() -> Any:
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
+    from rich.progress import BarColumn, Progress, TextColumn
 
+    # Fits 80 columns (concept names are cut to 14 characters): "circle: images ━━━━━━━━━━ 8/8"
+    # while the training images are drawn, then "circle: erasing ━━━━━━━━━━ it   86  m -9.1e-04 <
+    # τ -1e-03  4.2 it/s" (no ETA against the cap: SepME stops when the momentum m_n falls below
+    # τ, usually long before the cap; the bar pulses).
     with Progress(
         TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
+        BarColumn(bar_width=10),
         TextColumn("{task.fields[stats]}"),
-        TimeRemainingColumn(),
         console=err,
     ) as bar:
         tasks: dict[tuple[str, str], Any] = {}
@@ -51,19 +58,33 @@ def _progress() -> Any:
                 key = (ev.concept, "images")
                 if key not in tasks:
                     tasks[key] = bar.add_task(
-                        f"{ev.concept}: training images", total=ev.total, stats=""
+                        f"{_short(ev.concept)}: images", total=ev.total, stats=""
                     )
-                bar.update(tasks[key], completed=ev.done, total=ev.total)
+                bar.update(
+                    tasks[key], completed=ev.done, total=ev.total, stats=f"{ev.done}/{ev.total}"
+                )
+            elif ev.kind == "round":
+                i = ev.info
+                taus[ev.concept] = float(i["tau"])
+                tasks.pop((ev.concept, "train"), None)
+                err.print(
+                    f"{ev.concept}: {i['verdict']} — training again "
+                    f"(round {i['round'] + 1} of at most {i['rounds'] + 1}: τ {i['tau']:+.1e}, "
+                    f"cap {i['steps']})"
+                )
             elif ev.kind == "step":
                 key = (ev.concept, "train")
                 s = ev.info
                 if key not in tasks:
-                    tasks[key] = bar.add_task(f"{ev.concept}: erasing", total=ev.total, stats="")
+                    # a bar without a total: the line is about m_n against τ, not the cap
+                    tasks[key] = bar.add_task(
+                        f"{_short(ev.concept)}: erasing", total=None, stats="", visible=True
+                    )
                 rate = s.iteration / s.elapsed_s if s.elapsed_s > 0 else 0.0
                 if hasattr(s, "lcor"):
-                    stats = f"L_cor {s.lcor:+.3e}  m {s.momentum:+.3e} vs τ {taus.get(ev.concept, 0.0):+g}  {rate:.1f} it/s"
+                    stats = step_stats(s.iteration, s.momentum, taus.get(ev.concept, 0.0), rate)
                 else:
-                    stats = f"loss {s.loss:.3e}  {rate:.1f} it/s"
+                    stats = f"it {s.iteration:>4}  loss {s.loss:.2e}  {rate:4.1f} it/s"
                 bar.update(tasks[key], completed=s.iteration, stats=stats)
             elif ev.kind == "done":
                 key = (ev.concept, "train")
@@ -129,7 +150,36 @@ def erase(
     dtype: Annotated[
         str | None, typer.Option(help="Frozen weights on GPU: auto, fp32, fp16, bf16.")
     ] = None,
-    method: Annotated[str, typer.Option(help="Erasure method.")] = "sepme",
+    method: Annotated[
+        str,
+        typer.Option(
+            help="sepme (closed-form start + G-CiRs iterations), sepme-cf (the closed form "
+            "alone, no UNet pass), esd-x, fmn or uce."
+        ),
+    ] = "sepme",
+    init: Annotated[
+        str | None,
+        typer.Option(help="SepME's start: closed-form (default) or zero (the paper's recipe)."),
+    ] = None,
+    anchor: Annotated[
+        str | None,
+        typer.Option(
+            help="The closed form maps the concept's keys/values onto this prompt's "
+            '(default: the blank prompt "").'
+        ),
+    ] = None,
+    until_erased: Annotated[
+        bool,
+        typer.Option(
+            "--until-erased",
+            help="While the verdict is not 'erased', train again with a lower τ (twice the "
+            "cap if the cap was reached), at most `until_rounds` (3) more times.",
+        ),
+    ] = False,
+    no_verify: Annotated[
+        bool,
+        typer.Option("--no-verify", help="Skip the verdict measured after training."),
+    ] = False,
     no_apply: Annotated[
         bool, typer.Option("--no-apply", help="Store only; do not add to the active composition.")
     ] = False,
@@ -148,6 +198,8 @@ def erase(
         "beta": beta,
         "seed": seed,
         "images": images,
+        "init": init,
+        "anchor": anchor,
     }
     with _progress() as on_event:
         report = run_erase(
@@ -164,6 +216,8 @@ def erase(
             apply=not no_apply,
             force=force,
             on_event=on_event,
+            until_erased=until_erased,
+            verify=not no_verify,
         )
     if json_out:
         print_json(report.to_json())
@@ -171,11 +225,12 @@ def erase(
     rows = [
         (
             o.concept,
+            o.verdict or "not checked",
+            _evidence(o),
             o.iterations,
             o.stop_reason,
-            f"{o.norm:.4g}",
             o.m_k,
-            o.unet_passes_data + o.unet_passes_training,
+            o.unet_passes_data + o.unet_passes_training + o.unet_passes_verdict,
             f"{o.wall_s:.1f}s",
         )
         for o in report.outcomes
@@ -183,10 +238,13 @@ def erase(
     out.print(
         table(
             f"erased on {report.base} ({report.device}, {report.dtype})",
-            ["concept", "iterations", "stop", "‖ΔW‖", "m_k", "UNet passes", "time"],
+            ["concept", "verdict", "measured", "its", "stop", "m_k", "UNet passes", "time"],
             rows,
         )
     )
+    for o in report.outcomes:
+        if o.verdict and o.verdict != "erased":
+            err.print(f"{o.concept}: {o.verdict} — next: {o.next_step}")
     if report.applied:
         err.print(
             f"active on {report.base}: {', '.join(report.active)} — restore with `sepme compose --restore NAME`"
@@ -197,6 +255,17 @@ def erase(
             + ",".join(o.concept for o in report.outcomes)
             + "`"
         )
+
+
+def _evidence(o: Any) -> str:
+    """What the verdict rests on: ρ (residual correlation) and, on the toy base, the judged
+    rate of the bare prompt against the blank prompt's on the same seeds."""
+    parts = []
+    if o.correlation is not None:
+        parts.append(f"ρ {o.correlation:+.2f}")
+    if o.judged_rate is not None and o.chance_rate is not None:
+        parts.append(f"{100 * o.judged_rate:.0f}% (chance {100 * o.chance_rate:.0f}%)")
+    return ", ".join(parts) or "–"
 
 
 @app.command("list")

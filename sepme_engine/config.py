@@ -39,6 +39,10 @@ ERASE_KEYS: dict[str, type] = {
     "batch_size": int,
     "seed": int,
     "preserve": list,  # of prompts
+    "init": str,  # "closed-form" or "zero" (the paper's)
+    "anchor": str,  # the closed form maps the concept's keys/values onto this prompt's
+    "verify_samples": int,  # toy base: images per prompt for the judged verdict (0: off)
+    "until_rounds": int,  # --until-erased: at most this many extra trainings, τ lowered each
 }
 # One line per key, with an example value: `sepme config show --help` and docs/config.md (a test
 # checks that both name every key).
@@ -134,6 +138,13 @@ SD_ERASE_DEFAULTS: dict[str, Any] = {
     "batch_size": 1,
     "seed": 0,
     "preserve": [],
+    # the closed-form start (erase/closed_form.py) instead of C = 0: measured on the toy base
+    # (README, "Erasure method"), it cuts the iterations and erases concepts C = 0 cannot reach;
+    # `init = "zero"` is the paper's recipe
+    "init": "closed-form",
+    "anchor": "",
+    "verify_samples": 0,
+    "until_rounds": 3,
 }
 # The toy base's weights and activations are on another scale than SD's: with β = 1e-4 the
 # increment barely moves in 1000 iterations there, so the toy profile uses β = 1e-2. With batch 1
@@ -155,10 +166,11 @@ TOY_ERASE_DEFAULTS: dict[str, Any] = {
     "lr": 4e-2,
     "tau": -1e-3,
     "batch_size": 4,
-    "images": 8,
-    "image_steps": 25,
+    "images": 4,
+    "image_steps": 10,
     "image_guidance": 4.0,
     "preserve": list(CONCEPTS),
+    "verify_samples": 8,
 }
 ERASE_DEFAULTS: dict[str, dict[str, Any]] = {
     "sd1": dict(SD_ERASE_DEFAULTS),

@@ -10,12 +10,19 @@ def test_erasure_benchmark_quick_path(tmp_path: Path) -> None:
     from benchmarks.erasure import main
 
     argv = ["--quick", "--n", "1", "--n-full", "2", "--n-blank", "4", "--max-steps", "3"]
-    argv += ["--scenes", "1", "--methods", "sepme,uce", "--out", str(tmp_path)]
+    argv += ["--scenes", "1,5", "--methods", "sepme,sepme-cf,uce", "--out", str(tmp_path)]
     result = main(argv)
     data = json.loads((tmp_path / "erasure_quick.json").read_text())
     assert data["settings"]["quick"] is True and data["settings"]["n_per_prompt"] == 1
     scene = data["scenes"]["1: shapes"]
-    assert set(scene["methods"]) == {"sepme", "uce"}
+    assert set(scene["methods"]) == {"sepme", "sepme-cf", "uce"}
+    multi = data["scenes"]["5: multi-concept"]["methods"]["sepme"]["t0"]["concepts"]
+    assert {c for c, v in multi.items() if v["group"] == "forgotten"} == {"circle", "square", "red"}
+    cf = [r for r in data["training_log"] if r["method"] == "sepme-cf"]
+    assert cf and all(r["unet_passes_total"] == 0 and r["iterations"] == 0 for r in cf)
+    # SepME's cost to erase circle: its default run cut at growing caps, like ESD-x's
+    tried = data["cost_to_erase_circle"]["sepme"]["tried"]
+    assert tried and all(t["iterations"] <= t["cap"] for t in tried)
     t1 = scene["methods"]["sepme"]["t1"]
     assert t1["concepts"]["circle"]["group"] == "restored"
     assert t1["concepts"]["triangle"]["group"] == "forgotten"
@@ -23,7 +30,7 @@ def test_erasure_benchmark_quick_path(tmp_path: Path) -> None:
     # up to float32 round-off
     # (images in [0, 1]; 1e-3 is a quarter of one 8-bit level, far above float32's 6e-8)
     assert t1["restored_distance"]["bare_mean_abs"] < 1e-3
-    assert {r["method"] for r in data["training_log"]} == {"sepme", "uce"}
+    assert {r["method"] for r in data["training_log"]} == {"sepme", "sepme-cf", "uce"}
     bs = data["settings"]["sepme"]["batch_size"]
     assert all(
         r["unet_passes_training"] == 3 * bs * r["iterations"]

@@ -193,3 +193,53 @@ def test_baseline_methods_store_increments(tiny_base: str, method: str) -> None:
     o = json.loads(res.stdout)["outcomes"][0]
     assert o["method"] == method and o["norm"] > 0
     assert json.loads(run("show", "cat", "--json").stdout)["method"] == method
+
+
+def test_closed_form_method_and_the_verdict(tiny_base: str, store: Store) -> None:
+    res = run("erase", "cat", "--method", "sepme-cf", "--json")
+    assert res.exit_code == 0, res.output
+    o = json.loads(res.stdout)["outcomes"][0]
+    assert o["method"] == "sepme-cf" and o["iterations"] == 0 and o["stop_reason"] == "closed-form"
+    assert o["unet_passes_data"] == 0 and o["unet_passes_training"] == 0
+    assert o["verdict"] in ("erased", "weakened", "not erased")
+    assert isinstance(o["correlation"], float) and o["unet_passes_verdict"] == 3 * 16
+    assert (o["verdict"] == "erased") == (o["next_step"] == "")
+    shown = json.loads(run("show", "cat", "--json").stdout)
+    assert shown["preserve_prompts"] == [""] and shown["stats"]["verdict"]["status"] == o["verdict"]
+    # the table names the verdict and its evidence
+    res = run("erase", "dog", "--method", "sepme-cf")
+    assert res.exit_code == 0, res.output
+    assert "verdict" in res.stdout and "ρ" in res.stdout
+    # --until-erased retrains SepME only
+    res = run("erase", "bird", "--method", "uce", "--until-erased")
+    assert res.exit_code == 1 and "--until-erased" in res.stderr
+    assert res.exception is None or isinstance(res.exception, SystemExit)
+
+
+def test_until_erased_trains_again_with_a_lower_tau(tiny_base: str, store: Store) -> None:
+    # a 12-iteration cap and a tiny learning rate: not erased after the first run
+    (store.root / "config.toml").write_text(
+        "[erase.sd1]\nimage_steps = 2\nuntil_rounds = 2\n", encoding="utf-8"
+    )
+    args = ["--steps", "12", "--images", "1", "--lr", "1e-6", "--beta", "1e-6", "--init", "zero"]
+    res = run("erase", "cat", *args, "--until-erased", "--json")
+    assert res.exit_code == 0, res.output
+    o = json.loads(res.stdout)["outcomes"][0]
+    assert o["verdict"] == "not erased"
+    assert o["rounds"] == 3  # the first training and the 2 allowed more
+    assert o["stop_reason"] == "cap" and o["iterations"] == 48  # the cap doubled twice
+    res = run("erase", "dog", *args, "--until-erased")
+    assert res.exit_code == 0
+    assert "training again" in res.stderr and "not erased — next:" in res.stderr
+
+
+def test_progress_line_fits_80_columns() -> None:
+    from sepme_cli.erase import _short, step_stats
+
+    worst = step_stats(9999, -1.2345e-3, -1e-3, 123.4)
+    assert len(worst) <= 44 and "<" in worst and "τ -1e-03" in worst
+    assert "≥" in step_stats(3, 2e-3, -1e-3, 1.0)
+    name = _short("a very long concept name indeed")
+    assert len(name) == 14
+    # description + bar (10) + stats, with the columns' single spaces
+    assert len(f"{name}: erasing") + 1 + 10 + 1 + len(worst) <= 80

@@ -47,6 +47,8 @@ class DeltaLinear(nn.Linear):
         self.__dict__["original"] = base  # not a submodule: keeps state_dict keys unchanged
         self.terms: list[Term] = []
         self.enabled = True
+        # per-batch-item factor on ΔW ([B] of 0/1, see `item_mask`); None: every item gets ΔW
+        self.mask: torch.Tensor | None = None
 
     def set_terms(self, terms: Iterable[Term]) -> None:
         """Replace the ΔW terms; tensors are moved to the weight's device as float32 (a tensor
@@ -81,6 +83,13 @@ class DeltaLinear(nn.Linear):
             part = (xf @ basis.T) @ coef.T if basis is not None else xf @ coef.T
             delta = part if delta is None else delta + part
         assert delta is not None
+        if self.mask is not None:
+            if self.mask.shape[0] != x.shape[0]:
+                raise ValueError(
+                    f"item mask of {self.mask.shape[0]} items for a batch of {x.shape[0]}"
+                )
+            # a masked item gets out.float() + 0.0: exactly the frozen layer's output
+            delta = delta * self.mask.view(-1, *([1] * (delta.dim() - 1)))
         return (out.float() + delta).to(out.dtype)
 
     def extra_repr(self) -> str:
@@ -159,6 +168,21 @@ def deltas_enabled(unet: nn.Module, enabled: bool = True) -> Iterator[None]:
     finally:
         for n, m in layers.items():
             m.enabled = previous[n]
+
+
+@contextmanager
+def item_mask(unet: nn.Module, mask: torch.Tensor) -> Iterator[None]:
+    """Within the block, batch item i gets ΔW scaled by `mask[i]` (0/1, float): one UNet call
+    can hold frozen (0) and tuned (1) passes. The mask must match the batch size."""
+    layers = delta_layers(unet)
+    m = mask.detach().float()
+    for layer in layers.values():
+        layer.mask = m.to(layer.weight.device)
+    try:
+        yield
+    finally:
+        for layer in layers.values():
+            layer.mask = None
 
 
 @contextmanager

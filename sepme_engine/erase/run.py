@@ -19,7 +19,7 @@ from sepme_engine.errors import AlreadyExists, InvalidInput
 from sepme_engine.increments import concept_name, has_increment, list_increments, save_increment
 from sepme_engine.store import Store
 
-METHODS = ("sepme", "esd-x", "fmn", "uce")
+METHODS = ("sepme", "sepme-cf", "esd-x", "fmn", "uce")
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,15 @@ class ConceptOutcome:
     unet_passes_training: int
     data_cached: bool
     wall_s: float
+    # the verdict measured after training (erase/verdict.py)
+    verdict: str = ""  # erased / weakened / not erased
+    correlation: float | None = None  # residual correlation ρ
+    judged_rate: float | None = None  # toy base: bare-prompt rate with the increment
+    chance_rate: float | None = None  # toy base: blank-prompt rate, same seeds
+    next_step: str = ""
+    tau: float | None = None  # the τ of the kept increment (SepME)
+    rounds: int = 1  # trainings run (more than 1 with --until-erased)
+    unet_passes_verdict: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -65,7 +74,8 @@ class EraseReport:
 @dataclass(frozen=True)
 class Event:
     """Progress events for the CLI: kind is 'images', 'step', 'start' (info: {"tau": the
-    effective stopping threshold}) or 'done'."""
+    effective stopping threshold}), 'round' (--until-erased trains again; info: {"tau", "steps",
+    "round", "rounds", "verdict"}), 'verify' (measuring the verdict) or 'done'."""
 
     kind: str
     concept: str
@@ -196,15 +206,20 @@ def _train(
     from dataclasses import asdict
 
     given = {k: v for k, v in overrides.items() if v is not None}
-    if method == "sepme":
-        from sepme_engine.erase.sepme import train_sepme
+    if method in ("sepme", "sepme-cf"):
+        from sepme_engine.erase.sepme import closed_form_sepme, train_sepme
 
-        r = train_sepme(pipe, prompt, e_k, latents, config, device, progress=on_step)
+        if method == "sepme":
+            r = train_sepme(pipe, prompt, e_k, latents, config, device, progress=on_step)
+        else:
+            r = closed_form_sepme(pipe, prompt, e_k, config, device)
         stats = {
             "final_lcor": r.final_lcor,
             "final_m": r.final_m,
             "train_wall_s": round(r.wall_s, 3),
             "concept_null_fraction": r.concept_null_fraction,
+            "kv_gap_left": r.cf_gap_left,
+            "lcor_start": sum(r.lcor_history[:10]) / max(1, len(r.lcor_history[:10])),
         }
         return _Trained(
             r.increment,
@@ -257,12 +272,19 @@ def erase(
     apply: bool = True,
     force: bool = False,
     on_event: Callable[[Event], None] | None = None,
+    until_erased: bool = False,
+    verify: bool = True,
 ) -> EraseReport:
     """Train one increment per concept. Several concepts = the all-known scenario.
 
     Each increment's E_k is `build_e_k(...)`: the call's other concepts, the base's earlier
     increments, `preserve`, and (unless `use_default_preserve` is false) the profile's default
-    preserve prompts from the config (`preserve`; the toy profile's are its 13 concepts)."""
+    preserve prompts from the config (`preserve`; the toy profile's are its 13 concepts).
+
+    After training, each concept gets a verdict (erase/verdict.py: residual correlation, and on
+    the toy base the judged rate of its bare prompt against the blank prompt's) unless `verify`
+    is false. `until_erased` (SepME): while the verdict is not "erased", train again with a lower
+    τ (or, when the run reached its cap, twice the cap), at most `until_rounds` more times."""
     import torch
 
     from sepme_engine.erase.sepme import SepMEConfig
@@ -327,7 +349,15 @@ def erase(
         image_steps=int(settings["image_steps"]),
         guidance=float(settings["image_guidance"]),
         dtype=dtype_name,
+        init=str(settings["init"]),
+        anchor=str(settings["anchor"]),
     )
+    if until_erased and method != "sepme":
+        raise InvalidInput(
+            f"--until-erased trains SepME again with a lower τ; it does not apply to {method}",
+            hint="drop --until-erased, or use --method sepme",
+        )
+    toy_samples = int(settings.get("verify_samples", 0)) if info.profile == "toy" else 0
     outcomes: list[ConceptOutcome] = []
     for name, p in targets:
         emit(Event("start", name, total=config.max_steps, info={"tau": config.tau}))
@@ -348,11 +378,41 @@ def erase(
         )
         data_passes, cached = 0, False
         latents = None
-        if method != "uce":
+        if method not in ("uce", "sepme-cf"):
             latents, data_passes, cached = training_latents(
                 store, info, pipe, p, settings, dev, dtype_name, progress=on_images
             )
-        trained = _train(method, pipe, p, e_k, latents, config, overrides or {}, dev, on_step)
+        run_cfg = config
+        trained = _train(method, pipe, p, e_k, latents, run_cfg, overrides or {}, dev, on_step)
+        checked = None
+        verdict_passes = 0
+        rounds = 1
+        if verify:
+            emit(Event("verify", name))
+            checked = _verdict(pipe, trained, p, latents, toy_samples)
+            verdict_passes += checked.unet_passes
+            extra = int(settings.get("until_rounds", 3)) if until_erased else 0
+            while checked.status != "erased" and rounds <= extra:
+                run_cfg = _next_round(run_cfg, trained)
+                emit(
+                    Event(
+                        "round",
+                        name,
+                        rounds,
+                        extra,
+                        {
+                            "tau": run_cfg.tau,
+                            "steps": run_cfg.max_steps,
+                            "round": rounds,
+                            "rounds": extra,
+                            "verdict": checked.status,
+                        },
+                    )
+                )
+                trained = _train(method, pipe, p, e_k, latents, run_cfg, {}, dev, on_step)
+                checked = _verdict(pipe, trained, p, latents, toy_samples)
+                verdict_passes += checked.unet_passes
+                rounds += 1
         wall = time.perf_counter() - t0
         stats = {
             **trained.stats,
@@ -360,6 +420,7 @@ def erase(
             "unet_passes_training": trained.unet_passes_training,
             "data_cached": cached,
             "wall_s": round(wall, 3),
+            **({"verdict": checked.to_json(), "rounds": rounds} if checked is not None else {}),
             "device": str(dev),
             "dtype": dtype_name,
             "sepme_version": __version__,
@@ -374,7 +435,7 @@ def erase(
             m_k=trained.m_k,
             iterations=trained.iterations,
             stop_reason=trained.stop_reason,
-            preserve_prompts=["", *e_k] if method in ("sepme", "uce") else [],
+            preserve_prompts=["", *e_k] if method in ("sepme", "sepme-cf", "uce") else [],
             settings={**trained.settings, "method": method},
             stats=stats,
             force=force,
@@ -395,6 +456,14 @@ def erase(
             unet_passes_training=trained.unet_passes_training,
             data_cached=cached,
             wall_s=round(wall, 3),
+            verdict=checked.status if checked else "",
+            correlation=checked.correlation if checked else None,
+            judged_rate=checked.judged_rate if checked else None,
+            chance_rate=checked.chance_rate if checked else None,
+            next_step=checked.next_step if checked else "",
+            tau=run_cfg.tau if method == "sepme" else None,
+            rounds=rounds,
+            unet_passes_verdict=verdict_passes,
         )
         outcomes.append(outcome)
         emit(Event("done", name, info=outcome))
@@ -403,3 +472,39 @@ def erase(
     return EraseReport(
         info.name, str(dev), dtype_name, apply, tuple(outcomes), tuple(active_set(store, info.name))
     )
+
+
+def _verdict(pipe: Any, trained: _Trained, prompt: str, latents: Any, toy_samples: int) -> Any:
+    """The verdict of a trained increment; without training latents (closed-form methods) the
+    correlation is measured on noise-only draws (x_0 = 0)."""
+    import torch
+
+    from sepme_engine.erase.verdict import verdict
+    from sepme_engine.toy.vocab import CONCEPTS
+
+    if latents is None:
+        cfg = pipe.unet.config
+        size = int(cfg.sample_size)
+        latents = torch.zeros(1, int(cfg.in_channels), size, size)
+    toy_concept = prompt if toy_samples > 0 and prompt in CONCEPTS else None
+    return verdict(
+        pipe,
+        trained.increment,
+        prompt,
+        latents,
+        trained.stop_reason,
+        toy_concept=toy_concept,
+        toy_samples=max(toy_samples, 1),
+    )
+
+
+def _next_round(config: Any, trained: _Trained) -> Any:
+    """--until-erased: the next training's config — twice the cap when the run reached it, else
+    τ lowered by max(|τ|, ½·|mean L_cor of the first 10 iterations|, 1e-4)."""
+    import dataclasses
+
+    if trained.stop_reason == "cap":
+        return dataclasses.replace(config, max_steps=2 * config.max_steps)
+    start = abs(float(trained.stats.get("lcor_start", 0.0)))
+    step = max(abs(config.tau), 0.5 * start, 1e-4)
+    return dataclasses.replace(config, tau=config.tau - step)

@@ -33,13 +33,16 @@ from typing import Any, Literal
 import torch
 
 from sepme_engine.erase import hooks
+from sepme_engine.erase.closed_form import KvGap, closed_form_coefs
 from sepme_engine.erase.increment import Increment
 from sepme_engine.erase.layers import cross_attention_kv
 from sepme_engine.erase.nullspace import DEFAULT_RTOL, null_space
 from sepme_engine.erase.text import check_prompt, encode_prompts
 from sepme_engine.errors import InvalidInput, TrainingDiverged
 
-StopReason = Literal["threshold", "cap", "interrupted"]
+StopReason = Literal["threshold", "cap", "interrupted", "closed-form"]
+Init = Literal["zero", "closed-form"]
+INITS: tuple[str, ...] = ("closed-form", "zero")
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -62,6 +65,17 @@ class SepMEConfig:
     guidance: float = 7.5  # classifier-free guidance for those images
     rtol: float = DEFAULT_RTOL  # null-space tolerance (nullspace.py)
     dtype: str = "float32"  # dtype the frozen UNet/text encoder run in (checked, recorded)
+    # C's starting point: "zero" (the paper's) or "closed-form" (closed_form.py: the concept's
+    # keys/values mapped onto the anchor prompt's inside the null space; ridge `cf_ridge`)
+    init: str = "zero"
+    anchor: str = ""
+    cf_ridge: float = 0.1
+    # the three passes of an iteration as one UNet call (per-item masks keep the frozen ones
+    # free of the increment) instead of a frozen (c, ∅) call and a tuned c call
+    batched: bool = False
+    # autocast dtype for the UNet passes on a GPU ("none", "bfloat16", "float16"); C, ΔW and
+    # the loss stay float32. Ignored on CPU.
+    autocast: str = "none"
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.alpha < 1.0:
@@ -76,6 +90,15 @@ class SepMEConfig:
             raise InvalidInput(f"rtol must be > 0, got {self.rtol}")
         if self.dtype not in _DTYPES:
             raise InvalidInput(f"dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}")
+        if self.init not in INITS:
+            raise InvalidInput(
+                f"init must be one of {', '.join(INITS)}, got {self.init!r}",
+                hint="--init closed-form (default) or --init zero (the paper's)",
+            )
+        if not self.cf_ridge > 0:
+            raise InvalidInput(f"cf_ridge must be > 0, got {self.cf_ridge}")
+        if self.autocast not in ("none", "bfloat16", "float16"):
+            raise InvalidInput(f"autocast must be none, bfloat16 or float16, got {self.autocast!r}")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -109,6 +132,8 @@ class SepMEResult:
     # for each of `train_sepme(also_stop_at=...)`'s thresholds that was crossed before the run
     # ended: the result a run with that τ would have returned (the same trajectory, cut earlier)
     snapshots: dict[float, SepMESnapshot] = field(default_factory=dict, repr=False)
+    # the closed form's key/value gap left (after/before, closed_form.KvGap.left); None for init zero
+    cf_gap_left: float | None = None
 
 
 @dataclass(frozen=True)
@@ -229,12 +254,20 @@ def train_sepme(
     if n_layers == 0:
         raise InvalidInput("the UNet has no cross-attention to_k/to_v layers")
     basis_dev = basis.to(device)
-    coef_params = {
-        name: torch.zeros(
-            module.out_features, m_k, device=device, dtype=torch.float32, requires_grad=True
-        )
-        for name, module in layers
-    }
+    cf_gap_left: float | None = None
+    if config.init == "closed-form":
+        d_init, gap = _closed_form(pipe, prompt, preserve, layers, basis, emb_c, config)
+        cf_gap_left = gap.left
+        coef_params = {
+            name: (d_init[name] / config.beta).to(device).requires_grad_(True) for name in names
+        }
+    else:
+        coef_params = {
+            name: torch.zeros(
+                module.out_features, m_k, device=device, dtype=torch.float32, requires_grad=True
+            )
+            for name, module in layers
+        }
     optimizer = torch.optim.Adam(list(coef_params.values()), lr=config.lr)
     stopper = EarlyStopper(config.alpha, config.tau, config.min_steps, config.max_steps)
     generator = torch.Generator(device="cpu").manual_seed(config.seed)
@@ -244,6 +277,11 @@ def train_sepme(
     e_c = emb_c.to(device, udtype).expand(bsz, -1, -1)
     e_u = emb_preserve[:1].to(device, udtype).expand(bsz, -1, -1)
     e_frozen = torch.cat([e_c, e_u])
+    e_all = torch.cat([e_c, e_u, e_c])
+    # batched: the increment reaches only the last bsz items (the tuned c pass)
+    item_mask = torch.cat([torch.zeros(2 * bsz), torch.ones(bsz)]).to(device)
+    use_autocast = device.type == "cuda" and config.autocast != "none"
+    autocast_dtype = _DTYPES[config.autocast] if use_autocast else torch.float32
 
     def meta(iterations: int, reason: str, lcor: float, cfg: SepMEConfig) -> dict[str, str]:
         return {
@@ -280,13 +318,26 @@ def train_sepme(
 
             coefs = {name: config.beta * c for name, c in coef_params.items()}
             hooks.set_terms(unet, {name: [(basis_dev, coefs[name])] for name in names})
-            with torch.no_grad(), hooks.deltas_enabled(unet, False):
-                frozen = unet(
-                    torch.cat([x_t, x_t]), torch.cat([t_dev, t_dev]), encoder_hidden_states=e_frozen
-                ).sample
-            eps_c_old, eps_u = frozen.float().chunk(2)
-            with hooks.deltas_enabled(unet, True):
-                eps_c_new = unet(x_t, t_dev, encoder_hidden_states=e_c).sample.float()
+            with torch.autocast(device.type, dtype=autocast_dtype, enabled=use_autocast):
+                if config.batched:
+                    with hooks.item_mask(unet, item_mask):
+                        out = unet(
+                            torch.cat([x_t, x_t, x_t]),
+                            torch.cat([t_dev, t_dev, t_dev]),
+                            encoder_hidden_states=e_all,
+                        ).sample.float()
+                    eps_c_old, eps_u, eps_c_new = out.chunk(3)
+                    eps_c_old, eps_u = eps_c_old.detach(), eps_u.detach()
+                else:
+                    with torch.no_grad(), hooks.deltas_enabled(unet, False):
+                        frozen = unet(
+                            torch.cat([x_t, x_t]),
+                            torch.cat([t_dev, t_dev]),
+                            encoder_hidden_states=e_frozen,
+                        ).sample
+                    eps_c_old, eps_u = frozen.float().chunk(2)
+                    with hooks.deltas_enabled(unet, True):
+                        eps_c_new = unet(x_t, t_dev, encoder_hidden_states=e_c).sample.float()
             r_new = eps_c_new - eps_u
             r_old = eps_c_old - eps_u
             lcor = (r_new * r_old).mean()
@@ -362,4 +413,79 @@ def train_sepme(
         m_k=m_k,
         concept_null_fraction=null_fraction,
         snapshots=snapshots,
+        cf_gap_left=cf_gap_left,
+    )
+
+
+def _closed_form(
+    pipe: Any,
+    prompt: str,
+    preserve: Sequence[str],
+    layers: list[tuple[str, Any]],
+    basis: torch.Tensor,
+    emb_c: torch.Tensor,
+    config: SepMEConfig,
+) -> tuple[dict[str, torch.Tensor], KvGap]:
+    """D_ℓ = β·C_ℓ of the closed form (closed_form.py) for `prompt` towards `config.anchor`."""
+    if config.anchor == prompt:
+        raise InvalidInput(
+            f"the anchor {config.anchor!r} is the concept itself",
+            hint="anchor on the blank prompt (the default) or another prompt",
+        )
+    if config.anchor:
+        check_prompt(pipe, config.anchor)
+    emb_anchor = encode_prompts(pipe, [config.anchor])
+    return closed_form_coefs(layers, basis, emb_c[0], emb_anchor[0], config.cf_ridge)
+
+
+def closed_form_sepme(
+    pipe: Any,
+    prompt: str,
+    preserve_prompts: Sequence[str],
+    config: SepMEConfig,
+    device: str | torch.device,
+) -> SepMEResult:
+    """`sepme-cf`: the closed-form decoupled increment alone (no UNet pass; closed_form.py).
+    Same E_k, basis and increment format as `train_sepme`; iterations 0, stop "closed-form"."""
+    start = time.perf_counter()
+    device = torch.device(device)
+    unet = pipe.unet
+    check_prompt(pipe, prompt)
+    if unet.device.type != device.type:
+        raise InvalidInput(f"the pipeline is on {unet.device}, not on {device}")
+    preserve = preserve_set(prompt, preserve_prompts)
+    for p in preserve[1:]:
+        check_prompt(pipe, p)
+    emb_preserve = encode_prompts(pipe, preserve)
+    basis = null_space(emb_preserve, rtol=config.rtol, prompts=preserve)
+    emb_c = encode_prompts(pipe, [prompt])
+    ec64 = emb_c.reshape(-1, emb_c.shape[-1]).double().cpu()
+    null_fraction = float((ec64 @ basis.double().T).norm() / ec64.norm().clamp_min(1e-30))
+    layers = cross_attention_kv(unet)
+    if not layers:
+        raise InvalidInput("the UNet has no cross-attention to_k/to_v layers")
+    coefs, gap = _closed_form(pipe, prompt, preserve, layers, basis, emb_c, config)
+    cfg = dataclasses.replace(config, init="closed-form")
+    meta = {
+        "sepme.method": "sepme-cf",
+        "sepme.prompt": prompt,
+        "sepme.preserve": json.dumps(preserve),
+        "sepme.config": cfg.to_json(),
+        "sepme.m": str(int(basis.shape[0])),
+        "sepme.iterations": "0",
+        "sepme.stop_reason": "closed-form",
+        "sepme.kv_gap_left": repr(gap.left),
+    }
+    return SepMEResult(
+        increment=Increment.factored(basis, coefs, meta),
+        iterations=0,
+        stop_reason="closed-form",
+        final_lcor=math.nan,
+        final_m=math.nan,
+        lcor_history=[],
+        unet_passes_training=0,
+        wall_s=time.perf_counter() - start,
+        m_k=int(basis.shape[0]),
+        concept_null_fraction=null_fraction,
+        cf_gap_left=gap.left,
     )
