@@ -68,6 +68,10 @@ KEY_DOCS: dict[str, tuple[str, str]] = {
         '["a photo", "a painting"]',
         "default preserve prompts added to every increment's E_k (toy: its 13 concepts)",
     ),
+    "init": ('"closed-form"', "SepME's start: closed-form, or zero (the paper's recipe)"),
+    "anchor": ('""', "the closed form maps the concept's keys/values onto this prompt's"),
+    "verify_samples": ("8", "toy base: images per prompt for the judged verdict (0: off)"),
+    "until_rounds": ("3", "--until-erased: at most this many extra trainings"),
 }
 
 # Every number a user can set, with the range it must lie in (finite, inclusive unless the
