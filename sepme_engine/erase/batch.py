@@ -91,6 +91,12 @@ def parse_concept_file(path: Path | str) -> list[ListEntry]:
             head, tail = words[:at], words[at:]
         else:
             head, tail = words, []
+        stray = next((w for w in head if w.startswith("--")), None)
+        if stray is not None:
+            raise InvalidInput(
+                f"{path}:{number}: unexpected {stray!r}: a line takes only --preserve",
+                hint="give other settings on the command line; they apply to the whole list",
+            )
         preserve: list[str] = []
         while tail:
             if tail[0] != "--preserve" or len(tail) < 2:
