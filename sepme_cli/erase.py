@@ -355,7 +355,10 @@ def _erase_list(
         raise InvalidInput(f"unknown launcher {launcher!r}", hint="use --launcher accelerate")
     kwargs.pop("prompt")
     entries = parse_concept_file(from_file)
-    if launcher == "accelerate" and processes > 1:
+    import os
+
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1  # already under a launcher
+    if launcher == "accelerate" and processes > 1 and not launched:
         _launch(processes)
         return
     rank, world, rank_device = rank_world()
