@@ -14,7 +14,14 @@ from typing import Any
 
 from sepme_engine import __version__
 from sepme_engine.bases import BaseInfo, now_iso
-from sepme_engine.errors import AlreadyExists, BaseMismatch, Conflict, InvalidInput, NotFound
+from sepme_engine.errors import (
+    AlreadyExists,
+    BaseMismatch,
+    Conflict,
+    InvalidInput,
+    InvalidName,
+    NotFound,
+)
 from sepme_engine.names import did_you_mean, quote
 from sepme_engine.store import BlobRef, Store, faults, validate_name
 
@@ -164,8 +171,9 @@ def list_increments(store: Store, base: str) -> list[IncrementInfo]:
 def resolve_concept(store: Store, base: str, text: str) -> str:
     """The stored name of the concept `text` names on `base`: the name itself, else its slug
     ('Van Gogh' -> 'van-gogh', as `erase` stores it). NotFound (with "did you mean") if none."""
-    if store.has_manifest("increments", _key(base, text)):
-        return text
+    with contextlib.suppress(InvalidName):  # 'Van Gogh' is no store name; its slug may be
+        if store.has_manifest("increments", _key(base, text)):
+            return text
     try:
         slug = concept_name(text)
     except InvalidInput:
