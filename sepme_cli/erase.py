@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -97,8 +98,9 @@ def _progress() -> Any:
 @app.command("erase")
 def erase(
     concepts: Annotated[
-        list[str], typer.Argument(help="Concept(s) to erase; several = all-known scenario.")
-    ],
+        list[str] | None,
+        typer.Argument(help="Concept(s) to erase; several = all-known scenario."),
+    ] = None,
     base: BaseOpt = None,
     prompt: Annotated[
         str | None, typer.Option(help="Prompt text for the concept (default: the concept).")
@@ -183,6 +185,25 @@ def erase(
     no_apply: Annotated[
         bool, typer.Option("--no-apply", help="Store only; do not add to the active composition.")
     ] = False,
+    from_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--from-file",
+            help="Erase the concepts listed in this file (one a line, `#` comments, optional "
+            '`--preserve "PROMPT"` per line), all-known; resumable: a rerun skips the concepts '
+            "already stored with the same settings and E_k.",
+        ),
+    ] = None,
+    launcher: Annotated[
+        str | None,
+        typer.Option(
+            help="With --from-file: `accelerate` starts --num-processes processes "
+            "(`accelerate launch`), each erasing a disjoint share of the list.",
+        ),
+    ] = None,
+    num_processes: Annotated[
+        int, typer.Option("--num-processes", min=1, help="Processes for --launcher.")
+    ] = 2,
     force: ForceOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -201,10 +222,32 @@ def erase(
         "init": init,
         "anchor": anchor,
     }
+    if from_file is not None or launcher is not None:
+        _erase_list(
+            store,
+            concepts or [],
+            from_file,
+            launcher,
+            num_processes,
+            json_out,
+            base=base,
+            prompt=prompt,
+            preserve=preserve or [],
+            use_default_preserve=not no_default_preserve,
+            overrides=overrides,
+            method=method,
+            device=device,
+            dtype=dtype,
+            apply=not no_apply,
+            force=force,
+            until_erased=until_erased,
+            verify=not no_verify,
+        )
+        return
     with _progress() as on_event:
         report = run_erase(
             store,
-            concepts,
+            concepts or [],
             base=base,
             prompt=prompt,
             preserve=preserve or [],
@@ -255,6 +298,140 @@ def erase(
             + ",".join(o.concept for o in report.outcomes)
             + "`"
         )
+
+
+def _launch(processes: int) -> None:
+    """Run this same command under `accelerate launch` with `processes` processes (one machine;
+    for several, run `accelerate launch` yourself, README "Mass erasure")."""
+    import subprocess
+    import sys
+
+    args, skip = [], 0
+    for a in sys.argv[1:]:
+        if skip:
+            skip -= 1
+        elif a in ("--launcher", "--num-processes"):
+            skip = 1
+        elif not a.startswith(("--launcher=", "--num-processes=")):
+            args.append(a)
+    cmd = [
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no",
+        "-m", "sepme_cli", *args,
+    ]  # fmt: skip
+    err.print(f"starting {processes} processes: accelerate launch … -m sepme_cli {' '.join(args)}")
+    code = subprocess.call(cmd)
+    if code:
+        raise typer.Exit(code)
+
+
+def _erase_list(
+    store: Any,
+    concepts: list[str],
+    from_file: Path | None,
+    launcher: str | None,
+    processes: int,
+    json_out: bool,
+    **kwargs: Any,
+) -> None:
+    """`sepme erase --from-file`: the list's share of this process, the summary of all."""
+    from sepme_engine.erase.batch import erase_list, gather_rows, parse_concept_file, rank_world
+    from sepme_engine.errors import InvalidInput
+
+    if from_file is None:
+        raise InvalidInput("--launcher spreads a list", hint="add --from-file concepts.txt")
+    if concepts:
+        raise InvalidInput(
+            "name the concepts either on the command line or in --from-file, not both",
+            hint="add them to the file",
+        )
+    if kwargs["prompt"] is not None:
+        raise InvalidInput(
+            "--prompt applies to one concept; a list names its prompts line by line",
+            hint="write the prompt text on the concept's line",
+        )
+    if launcher is not None and launcher != "accelerate":
+        raise InvalidInput(f"unknown launcher {launcher!r}", hint="use --launcher accelerate")
+    kwargs.pop("prompt")
+    entries = parse_concept_file(from_file)
+    import os
+
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1  # already under a launcher
+    if launcher == "accelerate" and processes > 1 and not launched:
+        _launch(processes)
+        return
+    rank, world, rank_device = rank_world()
+    if rank_device is not None and kwargs["device"] in (None, "auto", "cuda"):
+        kwargs["device"] = rank_device  # one GPU a process
+    if world > 1:
+        err.print(
+            f"process {rank} of {world}: {len(entries[rank::world])} of {len(entries)} concepts"
+        )
+    if rank == 0:
+        with _progress() as on_event:
+            report = erase_list(
+                store,
+                entries,
+                rank=rank,
+                world=world,
+                gather=gather_rows if world > 1 else None,
+                on_event=_with_list_lines(on_event, 0, world),
+                **kwargs,
+            )
+    else:
+        report = erase_list(
+            store,
+            entries,
+            rank=rank,
+            world=world,
+            gather=gather_rows,
+            on_event=_with_list_lines(None, rank, world),
+            **kwargs,
+        )
+    if rank == 0:
+        if json_out:
+            print_json(report.to_json())
+        else:
+            rows = [
+                (r.concept, r.status, r.verdict or "–", r.iterations or "–", f"{r.wall_s:.1f}s",
+                 r.rank, r.detail)
+                for r in report.rows
+            ]  # fmt: skip
+            out.print(
+                table(
+                    f"{len(entries)} concepts on {report.base} ({world} process(es))",
+                    ["concept", "status", "verdict", "its", "time", "rank", "detail"],
+                    rows,
+                )
+            )
+            counts = {
+                s: sum(r.status == s for r in report.rows) for s in ("erased", "skipped", "failed")
+            }
+            err.print(", ".join(f"{n} {s}" for s, n in counts.items()))
+    if report.failed:
+        raise typer.Exit(1)
+
+
+def _with_list_lines(on_event: Any, rank: int, world: int) -> Any:
+    """Progress for a list: one stderr line per concept skipped, failed or finished (prefixed
+    with the process under a launcher), plus rank 0's bars."""
+    prefix = f"[{rank}/{world}] " if world > 1 else ""
+
+    def handle(ev: Any) -> None:
+        if on_event is not None:
+            on_event(ev)
+        if ev.kind == "skip":
+            err.print(
+                f"{prefix}{ev.concept}: stored earlier with the same settings and E_k — skipped"
+            )
+        elif ev.kind == "failed":
+            err.print(f"{prefix}{ev.concept}: failed — {ev.info}")
+        elif ev.kind == "done" and world > 1:
+            o = ev.info
+            err.print(f"{prefix}{ev.concept}: {o.verdict or 'stored'} ({o.wall_s:.1f}s)")
+
+    return handle
 
 
 def _evidence(o: Any) -> str:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
 
-from sepme_cli._params import DryRunOpt, JsonOpt, open_store
+from sepme_cli._params import BaseOpt, DryRunOpt, ForceOpt, JsonOpt, open_store
 from sepme_cli._render import err, human_size, out, print_json, step_progress, table
 from sepme_engine.store import maintenance
 
@@ -68,6 +71,57 @@ def prune(dry_run: DryRunOpt = False, json_out: JsonOpt = False) -> None:
     for p in report.removed:
         out.print(p)
     out.print(f"{verb} {len(report.removed)} item(s), {human_size(report.bytes_freed)}")
+
+
+@store_app.command("export-increments")
+def export_increments(
+    folder: Annotated[Path, typer.Argument(help="A new folder to write the export to.")],
+    concepts: Annotated[
+        list[str] | None, typer.Argument(help="Only these concepts (default: all).")
+    ] = None,
+    base: BaseOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Copy the base's increments (manifests and blobs, bound to the base by digest) to FOLDER,
+    for `sepme store import` on another machine or store."""
+    from sepme_engine.transfer import export_increments as run
+
+    report = run(open_store(), folder, base=base, concepts=concepts or None)
+    _moved(report, json_out, f"exported {len(report.items)} increment(s) to {report.folder}")
+
+
+@store_app.command("import")
+def import_(
+    folder: Annotated[
+        Path, typer.Argument(help="A folder made by `sepme store export-increments`.")
+    ],
+    force: ForceOpt = False,
+    no_apply: Annotated[
+        bool,
+        typer.Option("--no-apply", help="Do not activate the increments active in the source."),
+    ] = False,
+    dry_run: DryRunOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Import increments exported from another store: digests checked, each bound to the base
+    with the same digest here; nothing is written if any check fails."""
+    from sepme_engine.transfer import import_increments
+
+    report = import_increments(
+        open_store(), folder, force=force, apply=not no_apply, dry_run=dry_run
+    )
+    new = sum(m.status == "imported" for m in report.items)
+    verb = "would import" if dry_run else "imported"
+    _moved(report, json_out, f"{verb} {new} increment(s), {len(report.items) - new} unchanged")
+
+
+def _moved(report: object, json_out: bool, summary: str) -> None:
+    if json_out:
+        print_json(report.to_json())  # type: ignore[attr-defined]
+        return
+    rows = [(m.base, m.concept, m.status, m.digest[:19]) for m in report.items]  # type: ignore[attr-defined]
+    out.print(table(None, ["base", "concept", "status", "blob"], rows))
+    err.print(summary)
 
 
 def _value(v: object) -> str:

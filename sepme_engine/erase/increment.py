@@ -161,8 +161,11 @@ class Increment:
 
     # ----- disk ---------------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
-        """Write a safetensors file at `path` (not atomic; the store places it)."""
-        from safetensors.torch import save_file
+        """Write a safetensors file at `path` (not atomic; the store places it). The bytes depend
+        only on the content: the header is rewritten with sorted keys (safetensors orders the
+        metadata by a per-process hash), so the same increment made by two processes has the same
+        blob digest."""
+        from safetensors.torch import save
 
         metadata = {
             "sepme.schema_version": str(SCHEMA_VERSION),
@@ -174,7 +177,7 @@ class Increment:
             k: v.detach().to("cpu", torch.float32).contiguous().clone()
             for k, v in self.tensors().items()
         }
-        save_file(tensors, str(path), metadata=metadata)
+        Path(path).write_bytes(canonical_safetensors(save(tensors, metadata=metadata)))
 
     @classmethod
     def load(cls, path: str | Path) -> Increment:
@@ -243,3 +246,17 @@ def _f32(t: torch.Tensor) -> torch.Tensor:
     t = t.detach().to(device="cpu", dtype=torch.float32).contiguous().clone()
     _check_finite("input", t, InvalidInput)
     return t
+
+
+def canonical_safetensors(data: bytes) -> bytes:
+    """`data` (a safetensors file) with its JSON header re-serialised with sorted keys, padded
+    with spaces to a multiple of 8 bytes; the tensor bytes (offsets are relative to them) are
+    unchanged."""
+    import json
+    import struct
+
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + n])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + data[8 + n :]

@@ -7,7 +7,7 @@ import hashlib
 import json
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,7 +15,7 @@ from sepme_engine import __version__
 from sepme_engine.bases import BaseInfo, get_base, load_base
 from sepme_engine.config import load_config
 from sepme_engine.device import resolve_device, resolve_dtype
-from sepme_engine.errors import AlreadyExists, InvalidInput
+from sepme_engine.errors import AlreadyExists, InvalidInput, SepmeError
 from sepme_engine.increments import concept_name, has_increment, list_increments, save_increment
 from sepme_engine.store import Store
 
@@ -59,6 +59,10 @@ class EraseReport:
     applied: bool
     outcomes: tuple[ConceptOutcome, ...]
     active: tuple[str, ...] = field(default_factory=tuple)
+    # resume=True: concepts whose stored increment matched this request and were not retrained
+    skipped: tuple[str, ...] = ()
+    # keep_going=True: (concept, one-line error) of the concepts whose training or saving failed
+    failed: tuple[tuple[str, str], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -68,6 +72,8 @@ class EraseReport:
             "applied": self.applied,
             "active": list(self.active),
             "outcomes": [o.to_json() for o in self.outcomes],
+            "skipped": list(self.skipped),
+            "failed": [{"concept": c, "error": e} for c, e in self.failed],
         }
 
 
@@ -77,7 +83,7 @@ class Event:
     effective stopping threshold}), 'round' (--until-erased trains again; info: {"tau", "steps",
     "round", "rounds", "verdict"}), 'verify' (measuring the verdict) or 'done'."""
 
-    kind: str
+    kind: str  # also 'skip' (resume: stored and matching) and 'failed' (keep_going; info: text)
     concept: str
     done: int = 0
     total: int = 0
@@ -116,6 +122,40 @@ def build_e_k(
     kept = [q for q in default_preserve if not (_mentions(prompt, q) or _mentions(q, prompt))]
     rest = {q for q in [*others, *earlier, *preserve, *kept] if q.strip() and q != prompt}
     return sorted(rest)
+
+
+def erase_request(
+    method: str, prompt: str, e_k: Sequence[str], config: Any, until_erased: bool, digest: str
+) -> dict[str, Any]:
+    """What an increment was asked for, stored in its manifest (stats["request"]): a resumed
+    list run skips a concept whose stored request equals this one, and retrains it (--force) or
+    refuses when it differs."""
+    from dataclasses import asdict
+
+    return {
+        "method": method,
+        "prompt": prompt,
+        "e_k": list(e_k),
+        "settings": asdict(config),
+        "until_erased": until_erased,
+        "base_digest": digest,
+    }
+
+
+def request_diff(stored: dict[str, Any] | None, wanted: dict[str, Any]) -> list[str]:
+    """The parts of `wanted` the stored request differs in ([] = the same request); an
+    increment without a stored request (made before requests were recorded) differs in all."""
+    if not isinstance(stored, dict):
+        return ["request (not recorded)"]
+    out = [
+        k
+        for k in ("method", "prompt", "e_k", "until_erased", "base_digest")
+        if stored.get(k) != wanted[k]
+    ]
+    got = stored.get("settings")
+    settings: dict[str, Any] = got if isinstance(got, dict) else {}
+    out += [f"settings.{k}" for k, v in wanted["settings"].items() if settings.get(k) != v]
+    return out
 
 
 def _latents_key(
@@ -274,6 +314,10 @@ def erase(
     on_event: Callable[[Event], None] | None = None,
     until_erased: bool = False,
     verify: bool = True,
+    known: Sequence[str] = (),
+    preserve_for: Mapping[str, Sequence[str]] | None = None,
+    resume: bool = False,
+    keep_going: bool = False,
 ) -> EraseReport:
     """Train one increment per concept. Several concepts = the all-known scenario.
 
@@ -284,7 +328,16 @@ def erase(
     After training, each concept gets a verdict (erase/verdict.py: residual correlation, and on
     the toy base the judged rate of its bare prompt against the blank prompt's) unless `verify`
     is false. `until_erased` (SepME): while the verdict is not "erased", train again with a lower
-    τ (or, when the run reached its cap, twice the cap), at most `until_rounds` more times."""
+    τ (or, when the run reached its cap, twice the cap), at most `until_rounds` more times.
+
+    A list run (erase/batch.py) passes the list's other concepts as `known`: their prompts join
+    every E_k as the call's own concepts do, and their increments landing in the store while
+    this call trains (another rank of the same list) are no conflict. `preserve_for` adds
+    per-concept preserve prompts. `resume`: a concept whose stored increment records the same
+    request (erase_request: method, prompt, E_k, settings) is skipped ('skip' event); one whose
+    request differs is retrained with `force`, else refused before anything trains.
+    `keep_going`: a concept whose training or saving raises a SepmeError is reported in
+    `failed` and the others go on."""
     import torch
 
     from sepme_engine.erase.sepme import SepMEConfig
@@ -315,27 +368,25 @@ def erase(
     names = [n for n, _ in targets]
     if len(set(names)) != len(names):
         raise InvalidInput(f"a concept is named twice: {', '.join(names)}")
-    for name in names:
-        if has_increment(store, info.name, name) and not force:
-            raise AlreadyExists(
-                f"increment {name!r} exists on base {info.name!r}",
-                hint=f"pass --force to train it again, or `sepme rm {name}`",
-            )
+    known = [k for k in known if k not in {p for _, p in targets}]
+    mates = {concept_name(k) for k in known}  # the list's other concepts (other ranks')
+    if not resume:
+        for name in names:
+            if has_increment(store, info.name, name) and not force:
+                raise AlreadyExists(
+                    f"increment {name!r} exists on base {info.name!r}",
+                    hint=f"pass --force to train it again, or `sepme rm {name}`",
+                )
     cfg = load_config(store.root)
     dev = resolve_device(device or cfg.get("device"))
     dtype_name = resolve_dtype(dtype or cfg.get("dtype"), dev)
     settings = erase_settings(store, info, overrides or {})
     from sepme_engine.increments import store_view  # E_k's view, checked again when saving
 
-    view = store_view(store, info.name, exclude=set(names))
-    earlier = [i.prompt for i in list_increments(store, info.name) if i.concept not in set(names)]
-    pipe = load_base(store, info.name, device=dev, dtype=getattr(torch, dtype_name))
-    for _, p in targets:
-        check_prompt(pipe, p)
-        check_vocabulary(pipe, p, force=force)  # words the tokenizer only spells out
+    mine = set(names) | mates
+    view = store_view(store, info.name, exclude=mine)
+    earlier = [i.prompt for i in list_increments(store, info.name) if i.concept not in mine]
     default_preserve = list(settings.get("preserve", [])) if use_default_preserve else []
-    for p in [*preserve, *default_preserve]:
-        check_prompt(pipe, p)
     config = SepMEConfig(
         alpha=float(settings["alpha"]),
         beta=float(settings["beta"]),
@@ -357,121 +408,241 @@ def erase(
             f"--until-erased trains SepME again with a lower τ; it does not apply to {method}",
             hint="drop --until-erased, or use --method sepme",
         )
-    toy_samples = int(settings.get("verify_samples", 0)) if info.profile == "toy" else 0
-    outcomes: list[ConceptOutcome] = []
+    extra_preserve = dict(preserve_for or {})
+    e_ks: dict[str, list[str]] = {}
+    requests: dict[str, dict[str, Any]] = {}
     for name, p in targets:
-        emit(Event("start", name, total=config.max_steps, info={"tau": config.tau}))
-        t0 = time.perf_counter()
-
-        def on_images(done: int, total: int, name: str = name) -> None:
-            emit(Event("images", name, done, total))
-
-        def on_step(s: Any, name: str = name) -> None:
-            emit(Event("step", name, s.iteration, s.max_steps, s))
-
-        e_k = build_e_k(
+        e_ks[name] = build_e_k(
             p,
-            others=[tp for tn, tp in targets if tn != name],
+            others=[*[tp for tn, tp in targets if tn != name], *known],
             earlier=earlier,
-            preserve=preserve,
+            preserve=[*preserve, *extra_preserve.get(p, ())],
             default_preserve=default_preserve,
         )
-        data_passes, cached = 0, False
-        latents = None
-        if method not in ("uce", "sepme-cf"):
-            latents, data_passes, cached = training_latents(
-                store, info, pipe, p, settings, dev, dtype_name, progress=on_images
+        requests[name] = erase_request(
+            method, p, e_ks[name], config, until_erased, info.base_digest
+        )
+    skipped: list[str] = []
+    if resume:
+        from sepme_engine.increments import get_increment
+
+        differ: list[str] = []
+        for name, _ in targets:
+            if not has_increment(store, info.name, name):
+                continue
+            stored = get_increment(store, info.name, name).stats.get("request")
+            diff = request_diff(stored, requests[name])
+            if not diff:
+                skipped.append(name)
+            elif not force:
+                differ.append(f"{name} ({', '.join(diff[:3])})")
+        if differ:
+            raise AlreadyExists(
+                f"stored increments differ from this request in settings or E_k: "
+                f"{'; '.join(differ)}",
+                hint="pass --force to train them again, or `sepme rm` them first",
             )
-        run_cfg = config
-        trained = _train(method, pipe, p, e_k, latents, run_cfg, overrides or {}, dev, on_step)
-        checked = None
-        verdict_passes = 0
-        rounds = 1
-        if verify:
-            emit(Event("verify", name))
-            checked = _verdict(pipe, trained, p, latents, toy_samples)
-            verdict_passes += checked.unet_passes
-            extra = int(settings.get("until_rounds", 3)) if until_erased else 0
-            while checked.status != "erased" and rounds <= extra:
-                run_cfg = _next_round(run_cfg, trained)
-                emit(
-                    Event(
-                        "round",
-                        name,
-                        rounds,
-                        extra,
-                        {
-                            "tau": run_cfg.tau,
-                            "steps": run_cfg.max_steps,
-                            "round": rounds,
-                            "rounds": extra,
-                            "verdict": checked.status,
-                        },
-                    )
-                )
-                trained = _train(method, pipe, p, e_k, latents, run_cfg, {}, dev, on_step)
-                checked = _verdict(pipe, trained, p, latents, toy_samples)
-                verdict_passes += checked.unet_passes
-                rounds += 1
-        wall = time.perf_counter() - t0
-        stats = {
-            **trained.stats,
-            "unet_passes_data": data_passes,
-            "unet_passes_training": trained.unet_passes_training,
-            "data_cached": cached,
-            "wall_s": round(wall, 3),
-            **({"verdict": checked.to_json(), "rounds": rounds} if checked is not None else {}),
-            "device": str(dev),
-            "dtype": dtype_name,
-            "sepme_version": __version__,
-        }
-        saved = save_increment(
-            store,
-            info,
-            name,
-            trained.increment,
-            prompt=p,
-            method=method,
-            m_k=trained.m_k,
-            iterations=trained.iterations,
-            stop_reason=trained.stop_reason,
-            preserve_prompts=["", *e_k] if method in ("sepme", "sepme-cf", "uce") else [],
-            settings={**trained.settings, "method": method},
-            stats=stats,
-            force=force,
-            activate=apply,
-            expect=view,
+        for name in skipped:
+            emit(Event("skip", name))
+        if skipped and apply:  # a run killed between manifest and composition finishes here
+            from sepme_engine.increments import active_set, set_active
+
+            with store.locked():
+                now = set(active_set(store, info.name))
+                if not set(skipped) <= now:
+                    set_active(store, info.name, sorted(now | set(skipped)))
+        targets = [(n, p) for n, p in targets if n not in skipped]
+    failed: list[tuple[str, str]] = []
+    outcomes: list[ConceptOutcome] = []
+    if not targets:
+        from sepme_engine.increments import active_set
+
+        return EraseReport(
+            info.name,
+            str(dev),
+            dtype_name,
+            apply,
+            (),
+            tuple(active_set(store, info.name)),
+            tuple(skipped),
         )
-        outcome = ConceptOutcome(
-            concept=name,
-            prompt=p,
-            method=method,
-            iterations=trained.iterations,
-            stop_reason=trained.stop_reason,
-            norm=saved.norm,
-            m_k=trained.m_k,
-            final_lcor=trained.stats.get("final_lcor"),
-            final_m=trained.stats.get("final_m"),
-            unet_passes_data=data_passes,
-            unet_passes_training=trained.unet_passes_training,
-            data_cached=cached,
-            wall_s=round(wall, 3),
-            verdict=checked.status if checked else "",
-            correlation=checked.correlation if checked else None,
-            judged_rate=checked.judged_rate if checked else None,
-            chance_rate=checked.chance_rate if checked else None,
-            next_step=checked.next_step if checked else "",
-            tau=run_cfg.tau if method == "sepme" else None,
-            rounds=rounds,
-            unet_passes_verdict=verdict_passes,
-        )
+    pipe = load_base(store, info.name, device=dev, dtype=getattr(torch, dtype_name))
+    for _, p in targets:
+        check_prompt(pipe, p)
+        check_vocabulary(pipe, p, force=force)  # words the tokenizer only spells out
+    for p in [*preserve, *default_preserve, *(q for v in extra_preserve.values() for q in v)]:
+        check_prompt(pipe, p)
+    toy_samples = int(settings.get("verify_samples", 0)) if info.profile == "toy" else 0
+    for name, p in targets:
+        try:
+            outcome = _one(
+                store,
+                info,
+                pipe,
+                name,
+                p,
+                e_ks[name],
+                requests[name],
+                config,
+                settings,
+                method,
+                overrides or {},
+                dev,
+                dtype_name,
+                verify,
+                until_erased,
+                toy_samples,
+                force,
+                apply,
+                view,
+                emit,
+            )
+        except SepmeError as exc:
+            if not keep_going:
+                raise
+            text = exc.message + (f" — {exc.hint}" if exc.hint else "")
+            failed.append((name, text))
+            emit(Event("failed", name, info=text))
+            continue
         outcomes.append(outcome)
         emit(Event("done", name, info=outcome))
     from sepme_engine.increments import active_set
 
     return EraseReport(
-        info.name, str(dev), dtype_name, apply, tuple(outcomes), tuple(active_set(store, info.name))
+        info.name,
+        str(dev),
+        dtype_name,
+        apply,
+        tuple(outcomes),
+        tuple(active_set(store, info.name)),
+        tuple(skipped),
+        tuple(failed),
     )
+
+
+def _one(
+    store: Store,
+    info: BaseInfo,
+    pipe: Any,
+    name: str,
+    p: str,
+    e_k: list[str],
+    request: dict[str, Any],
+    config: Any,
+    settings: dict[str, Any],
+    method: str,
+    overrides: dict[str, Any],
+    dev: Any,
+    dtype_name: str,
+    verify: bool,
+    until_erased: bool,
+    toy_samples: int,
+    force: bool,
+    apply: bool,
+    view: Any,
+    emit: Callable[[Event], None],
+) -> ConceptOutcome:
+    """Train, judge and save one concept's increment."""
+    emit(Event("start", name, total=config.max_steps, info={"tau": config.tau}))
+    t0 = time.perf_counter()
+
+    def on_images(done: int, total: int, name: str = name) -> None:
+        emit(Event("images", name, done, total))
+
+    def on_step(s: Any, name: str = name) -> None:
+        emit(Event("step", name, s.iteration, s.max_steps, s))
+
+    data_passes, cached = 0, False
+    latents = None
+    if method not in ("uce", "sepme-cf"):
+        latents, data_passes, cached = training_latents(
+            store, info, pipe, p, settings, dev, dtype_name, progress=on_images
+        )
+    run_cfg = config
+    trained = _train(method, pipe, p, e_k, latents, run_cfg, overrides, dev, on_step)
+    checked = None
+    verdict_passes = 0
+    rounds = 1
+    if verify:
+        emit(Event("verify", name))
+        checked = _verdict(pipe, trained, p, latents, toy_samples)
+        verdict_passes += checked.unet_passes
+        extra = int(settings.get("until_rounds", 3)) if until_erased else 0
+        while checked.status != "erased" and rounds <= extra:
+            run_cfg = _next_round(run_cfg, trained)
+            emit(
+                Event(
+                    "round",
+                    name,
+                    rounds,
+                    extra,
+                    {
+                        "tau": run_cfg.tau,
+                        "steps": run_cfg.max_steps,
+                        "round": rounds,
+                        "rounds": extra,
+                        "verdict": checked.status,
+                    },
+                )
+            )
+            trained = _train(method, pipe, p, e_k, latents, run_cfg, {}, dev, on_step)
+            checked = _verdict(pipe, trained, p, latents, toy_samples)
+            verdict_passes += checked.unet_passes
+            rounds += 1
+    wall = time.perf_counter() - t0
+    stats = {
+        **trained.stats,
+        "unet_passes_data": data_passes,
+        "unet_passes_training": trained.unet_passes_training,
+        "data_cached": cached,
+        "wall_s": round(wall, 3),
+        **({"verdict": checked.to_json(), "rounds": rounds} if checked is not None else {}),
+        "device": str(dev),
+        "dtype": dtype_name,
+        "sepme_version": __version__,
+        "request": request,
+    }
+    saved = save_increment(
+        store,
+        info,
+        name,
+        trained.increment,
+        prompt=p,
+        method=method,
+        m_k=trained.m_k,
+        iterations=trained.iterations,
+        stop_reason=trained.stop_reason,
+        preserve_prompts=["", *e_k] if method in ("sepme", "sepme-cf", "uce") else [],
+        settings={**trained.settings, "method": method},
+        stats=stats,
+        force=force,
+        activate=apply,
+        expect=view,
+    )
+    outcome = ConceptOutcome(
+        concept=name,
+        prompt=p,
+        method=method,
+        iterations=trained.iterations,
+        stop_reason=trained.stop_reason,
+        norm=saved.norm,
+        m_k=trained.m_k,
+        final_lcor=trained.stats.get("final_lcor"),
+        final_m=trained.stats.get("final_m"),
+        unet_passes_data=data_passes,
+        unet_passes_training=trained.unet_passes_training,
+        data_cached=cached,
+        wall_s=round(wall, 3),
+        verdict=checked.status if checked else "",
+        correlation=checked.correlation if checked else None,
+        judged_rate=checked.judged_rate if checked else None,
+        chance_rate=checked.chance_rate if checked else None,
+        next_step=checked.next_step if checked else "",
+        tau=run_cfg.tau if method == "sepme" else None,
+        rounds=rounds,
+        unet_passes_verdict=verdict_passes,
+    )
+    return outcome
 
 
 def _verdict(pipe: Any, trained: _Trained, prompt: str, latents: Any, toy_samples: int) -> Any:
