@@ -82,7 +82,9 @@ def test_closed_form_closes_the_concept_gap_and_is_the_minimiser(pipe) -> None:
     r = closed_form_sepme(pipe, CONCEPT, PRESERVE, cfg, "cpu")
     before, after = _kv_gap(pipe, r.increment, CONCEPT)
     assert after < 0.5 * before
-    assert r.cf_gap_left == pytest.approx(after / before, rel=1e-4, abs=1e-9)
+    # the same ratio from the float64 solve and from float32 forward passes: rel 1e-4 is far
+    # above float32 round-off of sums over d ≤ 64 terms (γ_64 ≈ 4e-6)
+    assert r.cf_gap_left == pytest.approx(after / before, rel=1e-4)
     # optimality: any perturbation of D inside the same parametrisation raises the objective
     layers = cross_attention_kv(pipe.unet)
     basis = r.increment.basis
@@ -188,7 +190,9 @@ def test_residual_correlation_is_one_for_no_change_and_drops_after_training(pipe
     )
     rho0, passes = residual_correlation(pipe, zero.increment, CONCEPT, latents, draws=6)
     assert passes == 18
-    assert rho0 == pytest.approx(1.0, abs=1e-9)
+    # no increment: r_new and r_old are the same tensor, ρ = ⟨r, r⟩ / (‖r‖·‖r‖) is 1 up to the
+    # rounding of the three reductions and the division (a few EPS32 even if done in float32)
+    assert rho0 == pytest.approx(1.0, abs=8 * EPS32)
     cfg = SepMEConfig(max_steps=40, min_steps=1, lr=0.5, beta=0.05, seed=0, init="closed-form")
     r = train_sepme(pipe, CONCEPT, PRESERVE, latents, cfg, "cpu")
     rho, _ = residual_correlation(pipe, r.increment, CONCEPT, latents, draws=6)
