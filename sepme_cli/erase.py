@@ -222,6 +222,20 @@ def erase(
         "init": init,
         "anchor": anchor,
     }
+    common: dict[str, Any] = dict(  # what a list run and a single run both pass to erase()
+        base=base,
+        prompt=prompt,
+        preserve=preserve or [],
+        use_default_preserve=not no_default_preserve,
+        overrides=overrides,
+        method=method,
+        device=device,
+        dtype=dtype,
+        apply=not no_apply,
+        force=force,
+        until_erased=until_erased,
+        verify=not no_verify,
+    )
     if from_file is not None or launcher is not None:
         _erase_list(
             store,
@@ -230,38 +244,11 @@ def erase(
             launcher,
             num_processes,
             json_out,
-            base=base,
-            prompt=prompt,
-            preserve=preserve or [],
-            use_default_preserve=not no_default_preserve,
-            overrides=overrides,
-            method=method,
-            device=device,
-            dtype=dtype,
-            apply=not no_apply,
-            force=force,
-            until_erased=until_erased,
-            verify=not no_verify,
+            **common,
         )
         return
     with _progress() as on_event:
-        report = run_erase(
-            store,
-            concepts or [],
-            base=base,
-            prompt=prompt,
-            preserve=preserve or [],
-            use_default_preserve=not no_default_preserve,
-            overrides=overrides,
-            method=method,
-            device=device,
-            dtype=dtype,
-            apply=not no_apply,
-            force=force,
-            on_event=on_event,
-            until_erased=until_erased,
-            verify=not no_verify,
-        )
+        report = run_erase(store, concepts or [], on_event=on_event, **common)
     if json_out:
         print_json(report.to_json())
         return

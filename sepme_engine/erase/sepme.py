@@ -196,6 +196,16 @@ def preserve_set(prompt: str, preserve_prompts: Sequence[str]) -> list[str]:
     return prompts
 
 
+def _checked_pipe(pipe: Any, prompt: str, device: str | torch.device) -> tuple[torch.device, Any]:
+    """(device, UNet) after checking the prompt fits the pipeline and the pipeline is on `device`."""
+    dev = torch.device(device)
+    unet = pipe.unet
+    check_prompt(pipe, prompt)
+    if unet.device.type != dev.type:
+        raise InvalidInput(f"the pipeline is on {unet.device}, not on {dev}")
+    return dev, unet
+
+
 def train_sepme(
     pipe: Any,
     prompt: str,
@@ -220,11 +230,7 @@ def train_sepme(
     Raises InvalidInput, NullSpaceEmpty, TrainingDiverged.
     """
     start = time.perf_counter()
-    device = torch.device(device)
-    unet = pipe.unet
-    check_prompt(pipe, prompt)
-    if unet.device.type != device.type:
-        raise InvalidInput(f"the pipeline is on {unet.device}, not on {device}")
+    device, unet = _checked_pipe(pipe, prompt, device)
     if unet.dtype != _DTYPES[config.dtype]:
         raise InvalidInput(f"the UNet runs in {unet.dtype}, the config says {config.dtype}")
     if latents.dim() != 4 or latents.shape[0] < 1:
@@ -448,11 +454,7 @@ def closed_form_sepme(
     """`sepme-cf`: the closed-form decoupled increment alone (no UNet pass; closed_form.py).
     Same E_k, basis and increment format as `train_sepme`; iterations 0, stop "closed-form"."""
     start = time.perf_counter()
-    device = torch.device(device)
-    unet = pipe.unet
-    check_prompt(pipe, prompt)
-    if unet.device.type != device.type:
-        raise InvalidInput(f"the pipeline is on {unet.device}, not on {device}")
+    device, unet = _checked_pipe(pipe, prompt, device)
     preserve = preserve_set(prompt, preserve_prompts)
     for p in preserve[1:]:
         check_prompt(pipe, p)
