@@ -45,7 +45,7 @@ from benchmarks.erasure import (
     run_settings,
     summarize,
 )
-from sepme_engine.erase.hooks import sum_deltas
+from sepme_engine.delta.hooks import sum_deltas
 from sepme_engine.toy import CONCEPTS as TOY_CONCEPTS
 from sepme_engine.toy import TOY_GUIDANCE, TOY_STEPS, load_toy_pipeline
 

@@ -26,9 +26,9 @@ import torch
 
 from benchmarks.erasure import Knobs, Trainer
 from benchmarks.erasure import _rate as _verdict_rate
-from sepme_engine.erase.hooks import apply_deltas_inplace, sum_deltas
+from sepme_engine.delta.hooks import apply_deltas_inplace, sum_deltas
 from sepme_engine.erase.sepme import SepMEConfig, train_sepme
-from sepme_engine.generate import sample_images
+from sepme_engine.sampling import sample_images
 from sepme_engine.toy import TOY_GUIDANCE, TOY_STEPS, load_toy_pipeline
 from sepme_engine.toy.judge import judge_batch
 

@@ -43,10 +43,10 @@ import numpy as np
 import torch
 
 from sepme_engine.config import ERASE_DEFAULTS
+from sepme_engine.delta.hooks import apply_deltas_inplace, sum_deltas
 from sepme_engine.erase.data import generate_training_latents
-from sepme_engine.erase.hooks import apply_deltas_inplace, sum_deltas
 from sepme_engine.erase.run import build_e_k
-from sepme_engine.generate import sample_images
+from sepme_engine.sampling import sample_images
 from sepme_engine.toy import (
     COLOURS,
     CONCEPTS,

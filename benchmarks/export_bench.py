@@ -159,8 +159,8 @@ def warm(pipe: Any) -> None:
 def random_increments(unet: Any, n: int, m: int, seed: int = 1) -> dict[str, Any]:
     import torch
 
-    from sepme_engine.erase.increment import Increment
-    from sepme_engine.erase.layers import kv_shapes
+    from sepme_engine.delta.increment import Increment
+    from sepme_engine.delta.layers import kv_shapes
 
     shapes = kv_shapes(unet)
     d_in = next(iter(shapes.values()))[1]
@@ -184,7 +184,7 @@ def _fsync(path: Path) -> None:
 def child_export(out: Path, base_dtype: str, reps: int) -> dict[str, Any]:
     import torch
 
-    from sepme_engine.erase.hooks import sum_deltas as compose_deltas
+    from sepme_engine.delta.hooks import sum_deltas as compose_deltas
     from sepme_engine.export.single_file import export_single_file
 
     torch.manual_seed(0)
@@ -269,7 +269,7 @@ def child_baseline(out: Path, reps: int) -> dict[str, Any]:
 def child_compose(ms: list[int]) -> dict[str, Any]:
     import torch
 
-    from sepme_engine.erase.hooks import sum_deltas as compose_deltas
+    from sepme_engine.delta.hooks import sum_deltas as compose_deltas
 
     with torch.device("meta"):
         from diffusers import UNet2DConditionModel

@@ -93,7 +93,7 @@ def corrupt(problems: list[str]) -> list[str]:
 
 def partial_at_final_name(dest: Path) -> list[str]:
     """Files at a final (non-temporary) name in the destination that are not complete."""
-    from sepme_engine.store.safetensors_header import read_header
+    from sepme_engine.safetensors_header import read_header
 
     bad: list[str] = []
     for path in sorted(dest.rglob("*")):

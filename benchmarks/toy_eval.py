@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         json.dumps({"report": r.to_dict(), "meta": meta}, indent=2), encoding="utf-8"
     )
     if a.grid is not None:
-        from sepme_engine.generate import sample_images, save_grid
+        from sepme_engine.sampling import sample_images, save_grid
         from sepme_engine.toy.evaluate import full_prompts
 
         prompts = full_prompts()[::3][:12]

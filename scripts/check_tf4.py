@@ -26,7 +26,7 @@ def main() -> int:
     sys.path.insert(0, str(ROOT))
     import torch
 
-    from sepme_engine.erase.layers import kv_shapes
+    from sepme_engine.delta.layers import kv_shapes
     from sepme_engine.export.diffusers_dir import export_diffusers
     from tests._tiny import make_real_topology_pipeline
 

@@ -57,7 +57,7 @@ def generate(
 
     One row per prompt, N images across (seeds SEED … SEED+N-1); with --compare each prompt gets
     the bare base's row, then the composition's row below it, same seeds."""
-    from sepme_engine.preview import generate as run
+    from sepme_engine.generate import generate as run
 
     with counted_progress("generating", "img") as progress:
         report = run(
@@ -137,7 +137,7 @@ def eval_(
     json_out: JsonOpt = False,
 ) -> None:
     """Judge the toy world's fixed prompt set: per-concept accuracy, chance and lift."""
-    from sepme_engine.preview import evaluate_base
+    from sepme_engine.generate import evaluate_base
 
     with counted_progress("sampling and judging", "img") as progress:
         res = evaluate_base(

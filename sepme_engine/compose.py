@@ -227,7 +227,7 @@ def selection(
 
 def composition_deltas(store: Store, base: BaseInfo, names: Sequence[str]) -> dict[str, Any]:
     """D = Σ ΔW_i in float32, canonical order; checks each increment's base digest and layers."""
-    from sepme_engine.erase.hooks import sum_deltas
+    from sepme_engine.delta.hooks import sum_deltas
 
     incs = [
         load_increment(store, get_increment(store, base.name, n), base) for n in sorted(set(names))

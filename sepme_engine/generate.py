@@ -1,200 +1,235 @@
-"""Sampling from any StableDiffusionPipeline, reproducibly, and labelled image grids.
+"""`sepme generate` and `sepme eval` over the store: sample a base with a composition applied.
 
-`sample_images` gives image j of every prompt its own CPU `torch.Generator` seeded with
-`seed + j` (or `seeds[j]`), so a (prompt, seed) pair always gives the same image whatever the
-batch it is drawn in, and the same seed gives the same starting noise for every prompt.
-torch, diffusers and PIL are imported inside the functions.
+The composition (active set, a variant, or an explicit --erase list) is applied in place with the
+canonical rule (W.float() + D).to(dtype) and removed afterwards.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from sepme_engine.bases import TOY, BaseInfo, get_base, load_base
+from sepme_engine.compose import composition_deltas, selection
+from sepme_engine.config import load_config
+from sepme_engine.device import resolve_device
 from sepme_engine.errors import InvalidInput
+from sepme_engine.store import Store
+
+SD_STEPS, SD_GUIDANCE = 30, 7.5
 
 
-def _image_seeds(prompts: Sequence[str], seeds: Sequence[int] | int, n: int) -> list[int]:
-    """One seed per output image, prompt-major (image i*n + j is prompt i, sample j)."""
-    if isinstance(seeds, int):
-        return [seeds + j for _ in prompts for j in range(n)]
-    seeds = [int(s) for s in seeds]
-    if len(seeds) == n:
-        return [seeds[j] for _ in prompts for j in range(n)]
-    if len(seeds) == n * len(prompts):
-        return seeds
-    raise InvalidInput(
-        f"got {len(seeds)} seeds for {len(prompts)} prompt(s) × {n} sample(s)",
-        hint="pass one int, n seeds (one per sample index) or len(prompts)·n seeds",
-    )
+@dataclass(frozen=True)
+class GenerateReport:
+    base: str
+    path: str
+    prompts: tuple[str, ...]
+    erased: tuple[str, ...]
+    compare: bool
+    n: int
+    seed: int
+    steps: int
+    guidance: float
+    # prompts longer than the base's text encoder reads: (prompt, tokens, limit); their tail
+    # was cut off by the pipeline
+    truncated: tuple[tuple[str, int, int], ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        data = dict(self.__dict__)
+        data["truncated"] = [{"prompt": p, "tokens": n, "limit": k} for p, n, k in self.truncated]
+        return data
 
 
-def _step_reporter(progress: Callable[[float], None], per_step: float) -> Any:
-    """A diffusers `callback_on_step_end` that reports `per_step` images done each step."""
+def sampling_defaults(info: BaseInfo) -> tuple[int, float]:
+    if info.profile == TOY:
+        from sepme_engine.toy import TOY_GUIDANCE, TOY_STEPS
 
-    def on_step(_pipe: Any, _i: int, _t: Any, kwargs: dict[str, Any]) -> Any:
-        progress(per_step)
-        return kwargs
-
-    return on_step
+        return int(TOY_STEPS), float(TOY_GUIDANCE)
+    return SD_STEPS, SD_GUIDANCE
 
 
-def sample_images(
-    pipe: Any,
+@contextlib.contextmanager
+def composed(store: Store, info: BaseInfo, pipe: Any, names: Sequence[str]) -> Iterator[None]:
+    from sepme_engine.delta.hooks import apply_deltas_inplace
+
+    if not names:
+        yield
+        return
+    with apply_deltas_inplace(pipe.unet, composition_deltas(store, info, names)):
+        yield
+
+
+def _select(
+    store: Store, info: BaseInfo, variant: str | None, erase: Sequence[str] | None, plain: bool
+) -> tuple[str, ...]:
+    if plain:
+        if variant or erase:
+            raise InvalidInput("--plain ignores increments; drop --variant/--erase")
+        return ()
+    return selection(store, info, variant=variant, erase=erase)
+
+
+def generate(
+    store: Store,
     prompts: Sequence[str],
-    seeds: Sequence[int] | int = 0,
-    n: int = 1,
-    steps: int = 25,
-    guidance: float = 7.5,
+    out: Path,
+    *,
+    base: str | None = None,
+    seed: int = 0,
+    n: int = 4,
+    steps: int | None = None,
+    guidance: float | None = None,
+    compare: bool = False,
+    variant: str | None = None,
+    erase: Sequence[str] | None = None,
+    plain: bool = False,
     device: str | None = None,
-    batch_size: int = 64,
-    height: int | None = None,
-    width: int | None = None,
-    negative_prompt: str | None = None,
-    progress: Callable[[float], None] | None = None,
-) -> np.ndarray:
-    """Generate `n` images per prompt: float32 array (len(prompts)·n, H, W, 3) in [0, 1].
+    progress: Callable[[float, int], None] | None = None,
+) -> GenerateReport:
+    """Render a labelled grid: one row per prompt (two with --compare: the base's row above the
+    composition's). `progress(done, total)` counts images, updated every denoising step."""
+    import numpy as np
 
-    Row i*n + j is prompt i, sample j, drawn from a CPU generator seeded with `seed + j` (int
-    `seeds`) or `seeds[j]`. Works with any diffusers StableDiffusionPipeline.
-    `progress(k)` is called after each denoising step with the images completed since the last
-    call (fractions of a batch), adding up to len(prompts)·n.
-    """
-    import torch
+    from sepme_engine.sampling import image_grid, prompt_overflow, sample_images
+    from sepme_engine.store.atomic import atomic_open
 
-    prompts = list(prompts)
-    if not prompts:
-        raise InvalidInput("no prompts to sample", hint="give at least one prompt")
-    if n < 1 or steps < 1:
-        raise InvalidInput(f"n and steps must be ≥ 1 (got n={n}, steps={steps})")
-    image_seeds = _image_seeds(prompts, seeds, n)
-    flat = [p for p in prompts for _ in range(n)]
-    if device is not None:
-        pipe = pipe.to(device)
-    pipe.set_progress_bar_config(disable=True)
-    out: list[np.ndarray] = []
-    from sepme_engine._hflog import quiet_hf_logs
-
-    # diffusers logs the cut-off words of a long prompt; `prompt_overflow` says it in sepme's words
-    with torch.no_grad(), quiet_hf_logs():
-        for start in range(0, len(flat), batch_size):
-            chunk = flat[start : start + batch_size]
-            extra: dict[str, Any] = {}
-            if progress is not None:
-                extra["callback_on_step_end"] = _step_reporter(progress, len(chunk) / steps)
-            gens = [
-                torch.Generator("cpu").manual_seed(s)
-                for s in image_seeds[start : start + batch_size]
-            ]
-            res = pipe(
-                prompt=chunk,
-                num_inference_steps=steps,
-                guidance_scale=guidance,
-                generator=gens,
-                output_type="np",
-                height=height,
-                width=width,
-                negative_prompt=[negative_prompt] * len(chunk) if negative_prompt else None,
-                **extra,
+    if not prompts or any(not p.strip() for p in prompts):
+        raise InvalidInput(
+            "give at least one non-empty prompt",
+            hint='e.g. `sepme generate "a red circle on stripes"`',
+        )
+    if n < 1:
+        raise InvalidInput("--n must be at least 1")
+    out = Path(out)
+    if out.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
+        raise InvalidInput(f"{out} is not an image path", hint="give -o a .png file")
+    info = get_base(store, base)
+    names = _select(store, info, variant, erase, plain)
+    d_steps, d_guidance = sampling_defaults(info)
+    steps = steps or d_steps
+    guidance = d_guidance if guidance is None else guidance
+    dev = resolve_device(device or load_config(store.root).get("device"))
+    pipe = load_base(store, info.name, device=str(dev))
+    truncated = tuple(prompt_overflow(pipe, prompts))
+    rows: list[np.ndarray] = []
+    labels: list[str] = []
+    step = _counter(progress, len(prompts) * n * (2 if compare else 1))
+    for prompt in prompts:
+        if compare:
+            rows.append(
+                sample_images(
+                    pipe, [prompt], seed, n, steps, guidance, device=str(dev), progress=step
+                )
             )
-            out.append(np.asarray(res.images, dtype=np.float32))
-    return np.clip(np.concatenate(out), 0.0, 1.0)
-
-
-def prompt_overflow(pipe: Any, prompts: Sequence[str]) -> list[tuple[str, int, int]]:
-    """(prompt, tokens, limit) for each prompt longer than the text encoder reads (start and end
-    tokens included): the pipeline truncates it, so its tail has no effect."""
-    from sepme_engine._hflog import quiet_hf_logs
-
-    tok = pipe.tokenizer
-    limit = int(tok.model_max_length)
-    found = []
-    with quiet_hf_logs():
-        for p in prompts:
-            n = len(tok(p, truncation=False).input_ids)
-            if n > limit:
-                found.append((p, n, limit))
-    return found
-
-
-def image_grid(
-    images: np.ndarray | Sequence[np.ndarray],
-    rows: int,
-    cols: int,
-    row_labels: Sequence[str] | None = None,
-    col_labels: Sequence[str] | None = None,
-    cell: int | None = None,
-    pad: int = 2,
-) -> Any:
-    """A labelled grid (PIL.Image) of `rows·cols` images (row-major), float [0, 1] or uint8.
-
-    Small images are upscaled (nearest) to `cell` pixels (default: at least 96). Row labels are
-    drawn on the left, column labels on top, with PIL's default font.
-    """
-    from PIL import Image, ImageDraw, ImageFont
-
-    imgs = [np.asarray(im) for im in images]
-    if len(imgs) != rows * cols:
-        raise InvalidInput(f"image_grid: {len(imgs)} images for a {rows}×{cols} grid")
-    if row_labels is not None and len(row_labels) != rows:
-        raise InvalidInput(f"image_grid: {len(row_labels)} row labels for {rows} rows")
-    if col_labels is not None and len(col_labels) != cols:
-        raise InvalidInput(f"image_grid: {len(col_labels)} column labels for {cols} columns")
-    h, w = imgs[0].shape[:2]
-    if cell is None:
-        cell = max(w, 96)
-    scale = max(1, round(cell / w))
-    ch, cw = h * scale, w * scale
-    font = ImageFont.load_default()
-    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-
-    def text_size(s: str) -> tuple[int, int]:
-        box = probe.textbbox((0, 0), s, font=font)
-        return int(box[2] - box[0]), int(box[3] - box[1])
-
-    left = max((text_size(s)[0] for s in row_labels), default=0) + 8 if row_labels else 0
-    top = max((text_size(s)[1] for s in col_labels), default=0) + 8 if col_labels else 0
-    grid = Image.new(
-        "RGB",
-        (left + cols * (cw + pad) + pad, top + rows * (ch + pad) + pad),
-        (255, 255, 255),
+            labels.append(f"base: {prompt}")
+        with composed(store, info, pipe, names):
+            rows.append(
+                sample_images(
+                    pipe, [prompt], seed, n, steps, guidance, device=str(dev), progress=step
+                )
+            )
+        tag = ("-" + ",".join(names)) if names else ""
+        labels.append(f"{'erased' + tag if compare or names else 'base'}: {prompt}")
+    images = np.concatenate(rows)
+    grid = image_grid(images, rows=len(rows), cols=n, row_labels=labels)
+    fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}.get(out.suffix.lower(), "PNG")
+    with atomic_open(out) as fh:
+        grid.save(fh, format=fmt)
+        _user_file_mode(fh)
+    return GenerateReport(
+        info.name, str(out), tuple(prompts), names, compare, n, seed, steps, guidance, truncated
     )
-    draw = ImageDraw.Draw(grid)
-    for k, im in enumerate(imgs):
-        r, c = divmod(k, cols)
-        arr = im if im.dtype == np.uint8 else (np.clip(im, 0, 1) * 255).round().astype(np.uint8)
-        tile = Image.fromarray(arr[..., :3]).resize((cw, ch), Image.Resampling.NEAREST)
-        grid.paste(tile, (left + pad + c * (cw + pad), top + pad + r * (ch + pad)))
-    for r, label in enumerate(row_labels or []):
-        _, th = text_size(label)
-        draw.text(
-            (4, top + pad + r * (ch + pad) + (ch - th) // 2), label, fill=(0, 0, 0), font=font
+
+
+def _counter(
+    progress: Callable[[float, int], None] | None, total: int
+) -> Callable[[float], None] | None:
+    """Turn per-step increments into progress(done, total) calls."""
+    if progress is None:
+        return None
+    done = 0.0
+    progress(0, total)
+
+    def step(k: float) -> None:
+        nonlocal done
+        done = min(float(total), done + k)
+        progress(done, total)
+
+    return step
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """`sepme eval`: the toy judge's report for the composition, and for the bare base with
+    the same seeds when compared (`base_report`)."""
+
+    erased: tuple[str, ...]
+    report: Any  # toy EvalReport
+    base_report: Any | None = None
+
+
+def _user_file_mode(fh: Any) -> None:
+    """Give a file the user asked for the mode `open()` would (0666 less the umask, like
+    exports), not the 0600 of the store's private temporary files."""
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fh.fileno(), 0o666 & ~umask)
+
+
+def evaluate_base(
+    store: Store,
+    *,
+    base: str | None = None,
+    n_per_prompt: int = 8,
+    seed: int = 0,
+    variant: str | None = None,
+    erase: Sequence[str] | None = None,
+    plain: bool = False,
+    device: str | None = None,
+    compare: bool = False,
+    progress: Callable[[float, int], None] | None = None,
+    prompts: Sequence[str] | None = None,
+    n_blank: int = 64,
+) -> EvalResult:
+    """The toy judge over the toy world's fixed prompt set, with the composition applied (and,
+    with `compare`, once more on the bare base). `progress(done, total)` counts images."""
+    info = get_base(store, base)
+    if info.profile != TOY:
+        raise InvalidInput(
+            f"the judge only applies to the toy world; base {info.name!r} is not the toy base",
+            hint="use `sepme generate --compare` to look at a real base",
         )
-    for c, label in enumerate(col_labels or []):
-        tw, _ = text_size(label)
-        draw.text(
-            (left + pad + c * (cw + pad) + (cw - tw) // 2, 4), label, fill=(0, 0, 0), font=font
+    from sepme_engine.toy.evaluate import eval_image_count, evaluate
+
+    names = _select(store, info, variant, erase, plain)
+    if compare and not names:
+        raise InvalidInput(
+            "nothing to compare: no increment is selected, so it would be the base twice",
+            hint="erase a concept first, or pick some with --variant/--erase",
         )
-    return grid
-
-
-def save_grid(
-    path: str | Path,
-    images: np.ndarray | Sequence[np.ndarray],
-    rows: int,
-    cols: int,
-    row_labels: Sequence[str] | None = None,
-    col_labels: Sequence[str] | None = None,
-    cell: int | None = None,
-) -> Path:
-    """Write `image_grid(...)` to `path` (format from the suffix, e.g. .png) and return the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image_grid(images, rows, cols, row_labels, col_labels, cell).save(path)
-    return path
-
-
-__all__ = ["image_grid", "sample_images", "save_grid"]
+    dev = resolve_device(device or load_config(store.root).get("device"))
+    pipe = load_base(store, info.name, device=str(dev))
+    steps, guidance = sampling_defaults(info)
+    n_prompts = None if prompts is None else len(prompts)
+    per_run = eval_image_count(n_per_prompt, n_prompts, n_blank)
+    step = _counter(progress, per_run * (2 if compare else 1))
+    kw: dict[str, Any] = dict(
+        n_per_prompt=n_per_prompt,
+        seed=seed,
+        steps=steps,
+        guidance=guidance,
+        prompts=prompts,
+        n_blank=n_blank,
+        progress=step,
+    )
+    base_report = None
+    if compare:
+        base_report = evaluate(pipe, **kw)
+    with composed(store, info, pipe, names):
+        report = evaluate(pipe, **kw)
+    return EvalResult(names, report, base_report)

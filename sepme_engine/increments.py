@@ -298,7 +298,7 @@ def remove_increment(
 
 def load_increment(store: Store, info: IncrementInfo, base: BaseInfo | None = None) -> Any:
     """Load the tensors; refuse an increment bound to another base or to other layers."""
-    from sepme_engine.erase.increment import Increment
+    from sepme_engine.delta.increment import Increment
 
     if base is not None:
         check_binding(info, base)

@@ -69,8 +69,8 @@ def inspect(
 ) -> InspectReport:
     import torch
 
-    from sepme_engine.erase.layers import cross_attention_kv
-    from sepme_engine.erase.text import encode_prompts
+    from sepme_engine.delta.layers import cross_attention_kv
+    from sepme_engine.models.text import encode_prompts
 
     info = get_base(store, base)
     infos = (

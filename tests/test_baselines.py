@@ -8,14 +8,14 @@ from typing import Any
 import pytest
 import torch
 
-from sepme_engine.erase import hooks
+from sepme_engine.delta import hooks
+from sepme_engine.delta.increment import Increment
+from sepme_engine.delta.layers import cross_attention_kv, kv_shapes
 from sepme_engine.erase.esd import EsdConfig, train_esd
 from sepme_engine.erase.fmn import FmnConfig, concept_attention_mass, recording_mass, train_fmn
-from sepme_engine.erase.increment import Increment
-from sepme_engine.erase.layers import cross_attention_kv, kv_shapes
-from sepme_engine.erase.text import encode_prompts
 from sepme_engine.erase.uce import UceConfig, train_uce
 from sepme_engine.errors import InvalidInput, TrainingDiverged
+from sepme_engine.models.text import encode_prompts
 from tests._tiny import make_tiny_pipeline
 from tests._tol import gamma
 

@@ -73,7 +73,7 @@ def test_erase_compose_restore_inspect(tiny_base: str, store: Store, tmp_path: P
     d_after = composition_deltas(store, info, json.loads(res.stdout)["active"])
     assert all(torch.equal(d_cat[k], d_after[k]) for k in d_cat)
     pipe = bases.load_base(store, "tiny")
-    from sepme_engine.erase.hooks import apply_deltas_inplace
+    from sepme_engine.delta.hooks import apply_deltas_inplace
 
     with apply_deltas_inplace(pipe.unet, composition_deltas(store, info, ["cat", "dog"])):
         pass

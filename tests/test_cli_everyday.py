@@ -25,7 +25,7 @@ def fake_increments(store: Store, *concepts: str) -> None:
     import torch
 
     from sepme_engine.bases import get_base
-    from sepme_engine.erase.increment import Increment
+    from sepme_engine.delta.increment import Increment
     from sepme_engine.increments import save_increment
 
     info = get_base(store, "toy")
@@ -190,7 +190,7 @@ def test_counted_bar_fits_80_columns_with_count_rate_and_eta() -> None:
 
 
 def test_generate_progress_counts_every_image(store: Store, tmp_path: Path) -> None:
-    from sepme_engine.preview import generate
+    from sepme_engine.generate import generate
 
     fake_increments(store, "circle")
     seen: list[tuple[float, int]] = []
@@ -228,7 +228,7 @@ def _umask() -> int:
 
 # ----- 8. eval --compare -------------------------------------------------------------------------
 def test_eval_compare_judges_base_and_composition_with_one_counted_bar(store: Store) -> None:
-    from sepme_engine.preview import evaluate_base
+    from sepme_engine.generate import evaluate_base
 
     fake_increments(store, "circle")
     seen: list[tuple[float, int]] = []
@@ -287,7 +287,7 @@ def test_tables_fit_80_columns_without_breaking_words(store: Store, tmp_path: Pa
 
 # ----- 5. no library warnings; concepts the tokenizer does not know ----------------------------
 def test_spelled_out_words_on_the_toy_and_clip_tokenizers() -> None:
-    from sepme_engine.erase.text import spelled_out_words
+    from sepme_engine.models.text import spelled_out_words
     from sepme_engine.models.tokenizer import clip_tokenizer
     from sepme_engine.toy.tokenizer import toy_tokenizer
 

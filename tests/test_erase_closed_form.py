@@ -9,13 +9,13 @@ import math
 import pytest
 import torch
 
-from sepme_engine.erase import hooks
+from sepme_engine.delta import hooks
+from sepme_engine.delta.layers import cross_attention_kv
 from sepme_engine.erase.closed_form import closed_form_coefs
-from sepme_engine.erase.layers import cross_attention_kv
 from sepme_engine.erase.sepme import SepMEConfig, closed_form_sepme, train_sepme
-from sepme_engine.erase.text import encode_prompts
 from sepme_engine.erase.verdict import classify, residual_correlation
 from sepme_engine.errors import InvalidInput
+from sepme_engine.models.text import encode_prompts
 from tests._tiny import make_tiny_pipeline
 
 EPS32 = float(torch.finfo(torch.float32).eps)

@@ -1,4 +1,4 @@
-"""The increment format (erase/increment.py) and the UNet hooks / composition (erase/hooks.py)."""
+"""The increment format (delta/increment.py) and the UNet hooks / composition (delta/hooks.py)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from sepme_engine.erase import hooks
-from sepme_engine.erase.increment import Increment
-from sepme_engine.erase.layers import cross_attention_kv, kv_shapes
+from sepme_engine.delta import hooks
+from sepme_engine.delta.increment import Increment
+from sepme_engine.delta.layers import cross_attention_kv, kv_shapes
 from sepme_engine.errors import (
     BaseMismatch,
     CorruptEntry,

@@ -1,4 +1,4 @@
-"""Null space of preserved-prompt embeddings, and the embeddings themselves (erase/text.py)."""
+"""Null space of preserved-prompt embeddings, and the embeddings themselves (models/text.py)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from sepme_engine.erase.nullspace import (
     numerical_rank,
     preserve_null_space,
 )
-from sepme_engine.erase.text import check_prompt, encode_prompts, token_count
 from sepme_engine.errors import InvalidInput, NullSpaceEmpty
+from sepme_engine.models.text import check_prompt, encode_prompts, token_count
 from tests._tiny import make_tiny_pipeline
 
 

@@ -8,12 +8,12 @@ import json
 import pytest
 import torch
 
-from sepme_engine.erase import hooks
+from sepme_engine.delta import hooks
+from sepme_engine.delta.increment import Increment
 from sepme_engine.erase.data import generate_training_latents
-from sepme_engine.erase.increment import Increment
 from sepme_engine.erase.sepme import EarlyStopper, SepMEConfig, StepInfo, train_sepme
-from sepme_engine.erase.text import encode_prompts
 from sepme_engine.errors import InvalidInput, TrainingDiverged
+from sepme_engine.models.text import encode_prompts
 from tests._tiny import make_tiny_pipeline
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from sepme_engine.erase.layers import kv_shapes
+from sepme_engine.delta.layers import kv_shapes
 from sepme_engine.errors import AlreadyExists, BaseMismatch, InvalidInput
 from sepme_engine.export._atomic import INCOMPLETE_SUFFIX
 from sepme_engine.export.diffusers_dir import export_diffusers

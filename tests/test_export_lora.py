@@ -13,9 +13,9 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from sepme_engine.erase.hooks import sum_deltas as compose_deltas
-from sepme_engine.erase.increment import Increment
-from sepme_engine.erase.layers import kv_shapes
+from sepme_engine.delta.hooks import sum_deltas as compose_deltas
+from sepme_engine.delta.increment import Increment
+from sepme_engine.delta.layers import kv_shapes
 from sepme_engine.errors import AlreadyExists, InvalidInput
 from sepme_engine.export.lora import export_lora, lora_key
 from tests._tiny import make_tiny_pipeline

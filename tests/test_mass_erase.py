@@ -372,7 +372,7 @@ def test_an_increment_file_depends_only_on_its_content(tmp_path: Path) -> None:
     digests compare increments across processes). Saved in two interpreters, loaded back."""
     code = (
         "import sys, torch\n"
-        "from sepme_engine.erase.increment import Increment\n"
+        "from sepme_engine.delta.increment import Increment\n"
         "g = torch.Generator().manual_seed(0)\n"
         "inc = Increment.dense({f'l{i}': torch.randn(4, 3, generator=g) for i in range(5)},"
         " {f'sepme.k{i}': 'é' * i for i in range(12)})\n"
@@ -382,7 +382,7 @@ def test_an_increment_file_depends_only_on_its_content(tmp_path: Path) -> None:
     for p in paths:
         subprocess.run([sys.executable, "-c", code, str(p)], check=True, cwd=ROOT, timeout=120)
     assert paths[0].read_bytes() == paths[1].read_bytes()
-    from sepme_engine.erase.increment import Increment
+    from sepme_engine.delta.increment import Increment
 
     back = Increment.load(paths[0])
     assert back.meta["sepme.k3"] == "ééé" and back.delta("l4").shape == (4, 3)

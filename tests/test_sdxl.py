@@ -13,9 +13,8 @@ from typing import Any
 import pytest
 import torch
 
-from sepme_engine.erase import hooks
+from sepme_engine.delta import hooks
 from sepme_engine.erase.sepme import SepMEConfig, closed_form_sepme, train_sepme
-from sepme_engine.erase.text import encode_prompts, encode_prompts_xl
 from sepme_engine.errors import InvalidInput, UnsupportedModel
 from sepme_engine.models.arch import ARCHS, cross_attention_kv
 from sepme_engine.models.detect import KNOWN_BASES, inspect_source
@@ -27,6 +26,7 @@ from sepme_engine.models.ldm_keys import (
     pipeline_to_ldm,
 )
 from sepme_engine.models.load import load_pipeline
+from sepme_engine.models.text import encode_prompts, encode_prompts_xl
 from tests._fixtures import save_diffusers, save_single_file
 from tests._tiny import XL_TEXT_WIDTHS, make_sdxl_pipeline
 
@@ -329,7 +329,7 @@ def test_baselines_run_on_sdxl_shapes(pipe: Any, latents: Any) -> None:
 def erased(pipe: Any) -> Any:
     """A closed-form SDXL increment blown up so that ΔW is comparable to W (exports must carry
     it exactly, not round it away)."""
-    from sepme_engine.erase.increment import Increment
+    from sepme_engine.delta.increment import Increment
 
     inc = closed_form_sepme(pipe, "a cat", ["a dog"], FAST, "cpu").increment
     g = torch.Generator().manual_seed(3)

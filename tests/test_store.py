@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 
 from sepme_engine.errors import CorruptEntry, InvalidName, NotFound, SchemaTooNew, StoreLocked
+from sepme_engine.safetensors_header import read_header
 from sepme_engine.store import SCHEMA_VERSION, Store, validate_name
 from sepme_engine.store.atomic import atomic_open, write_json
 from sepme_engine.store.maintenance import prune, verify
-from sepme_engine.store.safetensors_header import read_header
 
 
 def test_blob_is_content_addressed_and_idempotent(store: Store, tmp_path: Path) -> None:

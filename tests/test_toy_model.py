@@ -94,7 +94,7 @@ def test_null_space_of_blank_plus_nine_prompts(pipe, concepts) -> None:
 
 
 def test_quality_sanity(pipe) -> None:
-    from sepme_engine.generate import sample_images
+    from sepme_engine.sampling import sample_images
     from sepme_engine.toy.judge import judge_batch
 
     prompts = ["a red circle on plain", "a blue square on stripes", "a yellow cross on checks"]
@@ -114,7 +114,7 @@ def test_quality_sanity(pipe) -> None:
 
 
 def test_sample_images_reproducible_and_batch_independent(pipe) -> None:
-    from sepme_engine.generate import sample_images
+    from sepme_engine.sampling import sample_images
 
     a = sample_images(pipe, ["red", "a circle"], seeds=5, n=3, steps=4, guidance=3.0, batch_size=6)
     b = sample_images(pipe, ["a circle"], seeds=[5, 6, 7], n=3, steps=4, guidance=3.0, batch_size=1)
@@ -130,7 +130,7 @@ def test_sample_images_reproducible_and_batch_independent(pipe) -> None:
 
 def test_image_grid_and_save(tmp_path) -> None:
     from sepme_engine.errors import InvalidInput
-    from sepme_engine.generate import image_grid, save_grid
+    from sepme_engine.sampling import image_grid, save_grid
 
     imgs = np.random.default_rng(0).random((6, 32, 32, 3)).astype(np.float32)
     g = image_grid(imgs, 2, 3, ["row one", "row two"], ["a", "b", "c"])

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import torch
 
-from sepme_engine.erase.increment import Increment
+from sepme_engine.delta.increment import Increment
 from sepme_engine.errors import InvalidInput, TrainingDiverged
 
 StopReason = Literal["cap", "closed-form", "interrupted"]

@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
-from sepme_engine.erase.text import check_prompt
 from sepme_engine.errors import InvalidInput
+from sepme_engine.models.text import check_prompt
 
 
 def generate_training_latents(

@@ -34,7 +34,9 @@ from typing import Any
 
 import torch
 
-from sepme_engine.erase import hooks
+from sepme_engine.delta import hooks
+from sepme_engine.delta.increment import Increment
+from sepme_engine.delta.layers import cross_attention_kv
 from sepme_engine.erase.common import (
     MethodResult,
     MethodStep,
@@ -43,10 +45,8 @@ from sepme_engine.erase.common import (
     check_finite,
     check_training_inputs,
 )
-from sepme_engine.erase.increment import Increment
-from sepme_engine.erase.layers import cross_attention_kv
-from sepme_engine.erase.text import check_prompt, encode_prompts
 from sepme_engine.errors import InvalidInput
+from sepme_engine.models.text import check_prompt, encode_prompts
 
 METHOD = "esd-x"
 

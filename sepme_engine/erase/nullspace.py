@@ -76,7 +76,7 @@ def null_space(
 
 def build_preserve_matrix(pipe: Any, prompts: Sequence[str]) -> torch.Tensor:
     """E `[len(prompts)·L, d]`: the stacked pipeline embeddings of `prompts` (float32, CPU)."""
-    from sepme_engine.erase.text import encode_prompts
+    from sepme_engine.models.text import encode_prompts
 
     emb = encode_prompts(pipe, list(prompts))
     return emb.reshape(-1, emb.shape[-1]).float().cpu()

@@ -341,7 +341,7 @@ def erase(
     import torch
 
     from sepme_engine.erase.sepme import SepMEConfig
-    from sepme_engine.erase.text import check_prompt, check_vocabulary
+    from sepme_engine.models.text import check_prompt, check_vocabulary
 
     emit = on_event or (lambda _e: None)
     if not concepts:

@@ -32,13 +32,13 @@ from typing import Any, Literal
 
 import torch
 
-from sepme_engine.erase import hooks
+from sepme_engine.delta import hooks
+from sepme_engine.delta.increment import Increment
+from sepme_engine.delta.layers import cross_attention_kv
 from sepme_engine.erase.closed_form import KvGap, closed_form_coefs
-from sepme_engine.erase.increment import Increment
-from sepme_engine.erase.layers import cross_attention_kv
 from sepme_engine.erase.nullspace import DEFAULT_RTOL, null_space
-from sepme_engine.erase.text import check_prompt, encode_prompts
 from sepme_engine.errors import InvalidInput, TrainingDiverged
+from sepme_engine.models.text import check_prompt, encode_prompts
 
 StopReason = Literal["threshold", "cap", "interrupted", "closed-form"]
 Init = Literal["zero", "closed-form"]

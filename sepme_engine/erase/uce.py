@@ -43,12 +43,12 @@ from typing import Any, Literal
 
 import torch
 
+from sepme_engine.delta.increment import Increment
+from sepme_engine.delta.layers import cross_attention_kv
 from sepme_engine.erase.common import MethodResult, concept_positions
-from sepme_engine.erase.increment import Increment
-from sepme_engine.erase.layers import cross_attention_kv
 from sepme_engine.erase.sepme import preserve_set
-from sepme_engine.erase.text import check_prompt, encode_prompts
 from sepme_engine.errors import InvalidInput
+from sepme_engine.models.text import check_prompt, encode_prompts
 
 METHOD = "uce"
 

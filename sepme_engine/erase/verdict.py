@@ -27,10 +27,10 @@ from typing import Any, Literal
 
 import torch
 
-from sepme_engine.erase import hooks
+from sepme_engine.delta import hooks
+from sepme_engine.delta.increment import Increment
 from sepme_engine.erase.common import NoisedDraw
-from sepme_engine.erase.increment import Increment
-from sepme_engine.erase.text import encode_prompts
+from sepme_engine.models.text import encode_prompts
 
 Status = Literal["erased", "weakened", "not erased"]
 RHO_ERASED = 0.0
@@ -92,7 +92,7 @@ def toy_judged_rates(
 ) -> tuple[float, float, int]:
     """`(rate with ΔW on the bare prompt, rate on the blank prompt, UNet passes)` for a toy
     concept, same seeds, the toy's sampler settings."""
-    from sepme_engine.generate import sample_images
+    from sepme_engine.sampling import sample_images
     from sepme_engine.toy import TOY_GUIDANCE, TOY_STEPS
     from sepme_engine.toy.judge import judge_batch
     from sepme_engine.toy.world import axis_of

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from sepme_engine.erase.increment import Increment
+from sepme_engine.delta.increment import Increment
 from sepme_engine.errors import InvalidInput
 from sepme_engine.export.modelspec import (
     HASH_KEY,

@@ -62,7 +62,7 @@ from sepme_engine.models.ldm_keys import (
     ldm_unet_to_diffusers,
     text_layout,
 )
-from sepme_engine.store.safetensors_header import read_header
+from sepme_engine.safetensors_header import read_header
 
 KNOWN_BASES: dict[str, str] = {
     "sd14": "CompVis/stable-diffusion-v1-4",

@@ -4,7 +4,7 @@
 the bare concept prompts ("circle", "red", "stripes", ...) and the blank prompt, judges every
 image and returns per-concept rates in a frozen `EvalReport`. `concept_rates` judges samples of
 arbitrary prompts for one concept (used by the erasure benchmarks). Deterministic for a seed on
-CPU (see `sepme_engine.generate.sample_images`).
+CPU (see `sepme_engine.sampling.sample_images`).
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def concept_rates(
     batch_size: int = 64,
 ) -> ConceptRates:
     """Sample `n` images of each prompt and report how often the judge sees `concept`."""
-    from sepme_engine.generate import sample_images
+    from sepme_engine.sampling import sample_images
 
     axis = axis_of(concept)
     images = sample_images(pipe, list(prompts), seed, n, steps, guidance, batch_size=batch_size)
@@ -128,7 +128,7 @@ def evaluate(
     `eval_image_count(...)`."""
     import time
 
-    from sepme_engine.generate import sample_images
+    from sepme_engine.sampling import sample_images
 
     t0 = time.time()
     prompts = list(prompts) if prompts is not None else full_prompts()

@@ -107,7 +107,7 @@ class _XLConditioning:
                 raise InvalidInput(
                     "an SDXL UNet call without added_cond_kwargs got an embedding that "
                     "encode_prompts did not produce",
-                    hint="encode prompts with sepme_engine.erase.text.encode_prompts, or pass "
+                    hint="encode prompts with sepme_engine.models.text.encode_prompts, or pass "
                     "added_cond_kwargs (text_embeds, time_ids) yourself",
                 )
             rows.append(self.pooled[best].to(ehs.device))

@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sepme_engine.erase.increment import Increment
-from sepme_engine.erase.layers import cross_attention_kv
+from sepme_engine.delta.increment import Increment
+from sepme_engine.delta.layers import cross_attention_kv
 from sepme_engine.errors import BaseMismatch
 
 # A term is (basis [m, d_in], coef [d_out, m]) for factored, or (None, delta [d_out, d_in]).
