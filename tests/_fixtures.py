@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tests._tiny import make_tiny_pipeline
+from tests._tiny import shared_tiny
 
 
 def save_diffusers(pipe: Any, dest: Path) -> Path:
@@ -29,7 +29,8 @@ def save_single_file(pipe: Any, arch: str, dest: Path, *, embed_configs: bool = 
 
 
 def tiny(arch: str = "sd1", seed: int = 0, max_length: int = 77) -> Any:
-    return make_tiny_pipeline(arch, seed=seed, max_length=max_length)
+    """The session's shared tiny pipeline: read-only (conftest checks), deepcopy to change it."""
+    return shared_tiny(arch, seed=seed, max_length=max_length)
 
 
 def state_of(pipe: Any) -> dict[str, Any]:

@@ -11,6 +11,7 @@ at reduced width.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import torch
@@ -101,6 +102,46 @@ REAL_VAE_WIDTHS = [8, 16, 16, 16]
 REAL_GROUPS = 8
 
 
+def _reduced(cfg: dict[str, Any], drop: tuple[str, ...] = (), **updates: Any) -> dict[str, Any]:
+    """A shipped diffusers/transformers config without its `_` keys (and `drop`), widths replaced."""
+    out = {k: v for k, v in cfg.items() if not k.startswith("_") and k not in drop}
+    out.update(updates)
+    return out
+
+
+def _shipped_parts(cfgs: dict[str, Any], unet_cfg: dict[str, Any], seed: int) -> tuple[Any, ...]:
+    """UNet (seed), reduced VAE (seed + 1) and the shipped scheduler, as every real-topology
+    builder makes them."""
+    import diffusers
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    vae_cfg = _reduced(
+        cfgs["vae"], block_out_channels=REAL_VAE_WIDTHS, norm_num_groups=REAL_GROUPS, sample_size=64
+    )
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(**unet_cfg)
+    torch.manual_seed(seed + 1)
+    vae = AutoencoderKL(**vae_cfg)
+    sched_cfg = cfgs["scheduler"]
+    scheduler = getattr(diffusers, sched_cfg["_class_name"]).from_config(sched_cfg)
+    return unet.eval(), vae.eval(), scheduler
+
+
+def _text_encoder(cls: Any, cfg: dict[str, Any], width: int, layers: int, max_length: int) -> Any:
+    from transformers import CLIPTextConfig
+
+    text_cfg = {k: v for k, v in cfg.items() if k not in ("architectures", "torch_dtype")}
+    text_cfg.update(
+        hidden_size=width,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=layers,
+        projection_dim=width,
+        max_position_embeddings=max_length,
+    )
+    return cls(CLIPTextConfig(**text_cfg)).eval()
+
+
 def make_real_topology_pipeline(
     arch: str = "sd1", seed: int = 0, max_length: int = MAX_LENGTH, text_layers: int = 2
 ) -> Any:
@@ -110,47 +151,32 @@ def make_real_topology_pipeline(
     VAE levels) is read from `sepme_engine/models/shipped`, only channel counts, heads and the
     text encoder's size are changed, so LDM key names are those of the real checkpoints.
     """
-    import diffusers
-    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from diffusers import StableDiffusionPipeline
+    from transformers import CLIPTextModel
 
     from sepme_engine.models.configs import shipped_configs
     from sepme_engine.models.tokenizer import clip_tokenizer
 
     cfgs = shipped_configs(arch)
-    unet_cfg = {k: v for k, v in cfgs["unet"].items() if not k.startswith("_")}
     sd2 = arch.startswith("sd2")
-    unet_cfg.update(
+    unet_cfg = _reduced(
+        cfgs["unet"],
         block_out_channels=REAL_UNET_WIDTHS,
         norm_num_groups=REAL_GROUPS,
         cross_attention_dim=TEXT_WIDTH,
         attention_head_dim=[2, 2, 4, 4] if sd2 else 2,
         sample_size=8,
     )
-    vae_cfg = {k: v for k, v in cfgs["vae"].items() if not k.startswith("_")}
-    vae_cfg.update(block_out_channels=REAL_VAE_WIDTHS, norm_num_groups=REAL_GROUPS, sample_size=64)
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(**unet_cfg)
-    torch.manual_seed(seed + 1)
-    vae = AutoencoderKL(**vae_cfg)
+    unet, vae, scheduler = _shipped_parts(cfgs, unet_cfg, seed)
     torch.manual_seed(seed + 2)
-    text_cfg = {k: v for k, v in cfgs["text_encoder"].items() if k not in ("architectures",)}
-    text_cfg.update(
-        hidden_size=TEXT_WIDTH,
-        intermediate_size=37,
-        num_attention_heads=4,
-        num_hidden_layers=text_layers,
-        projection_dim=TEXT_WIDTH,
-        max_position_embeddings=max_length,
+    text_encoder = _text_encoder(
+        CLIPTextModel, cfgs["text_encoder"], TEXT_WIDTH, text_layers, max_length
     )
-    text_encoder = CLIPTextModel(CLIPTextConfig(**text_cfg)).eval()
     clip = cfgs["tokenizer"]["clip"]
     tokenizer = clip_tokenizer(pad_token=clip["pad_token"], max_length=max_length)
-    sched_cfg = cfgs["scheduler"]
-    scheduler = getattr(diffusers, sched_cfg["_class_name"]).from_config(sched_cfg)
     pipe = StableDiffusionPipeline(
-        unet=unet.eval(),
-        vae=vae.eval(),
+        unet=unet,
+        vae=vae,
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         scheduler=scheduler,
@@ -177,17 +203,16 @@ def make_sdxl_pipeline(seed: int = 0, max_length: int = MAX_LENGTH) -> Any:
     text encoder and a CLIPTextModelWithProjection whose penultimate hidden states are
     concatenated, their two tokenizers (eos / "!" padding), the real Euler scheduler.
     """
-    import diffusers
-    from diffusers import AutoencoderKL, StableDiffusionXLPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+    from diffusers import StableDiffusionXLPipeline
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     from sepme_engine.models.configs import shipped_configs
     from sepme_engine.models.tokenizer import clip_tokenizer
 
     cfgs = shipped_configs("sdxl")
     w1, w2 = XL_TEXT_WIDTHS
-    unet_cfg = {k: v for k, v in cfgs["unet"].items() if not k.startswith("_")}
-    unet_cfg.update(
+    unet_cfg = _reduced(
+        cfgs["unet"],
         block_out_channels=XL_UNET_WIDTHS,
         norm_num_groups=REAL_GROUPS,
         cross_attention_dim=w1 + w2,
@@ -197,38 +222,20 @@ def make_sdxl_pipeline(seed: int = 0, max_length: int = MAX_LENGTH) -> Any:
         projection_class_embeddings_input_dim=6 * XL_TIME_DIM + w2,
         sample_size=8,
     )
-    vae_cfg = {k: v for k, v in cfgs["vae"].items() if not k.startswith("_")}
-    vae_cfg.update(block_out_channels=REAL_VAE_WIDTHS, norm_num_groups=REAL_GROUPS, sample_size=64)
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(**unet_cfg)
-    torch.manual_seed(seed + 1)
-    vae = AutoencoderKL(**vae_cfg)
+    unet, vae, scheduler = _shipped_parts(cfgs, unet_cfg, seed)
     encoders = []
     for i, (name, cls, width) in enumerate(
         (("text_encoder", CLIPTextModel, w1), ("text_encoder_2", CLIPTextModelWithProjection, w2))
     ):
         torch.manual_seed(seed + 2 + i)
-        text_cfg = {
-            k: v for k, v in cfgs[name].items() if k not in ("architectures", "torch_dtype")
-        }
-        text_cfg.update(
-            hidden_size=width,
-            intermediate_size=37,
-            num_attention_heads=4,
-            num_hidden_layers=3,
-            projection_dim=width,
-            max_position_embeddings=max_length,
-        )
-        encoders.append(cls(CLIPTextConfig(**text_cfg)).eval())
+        encoders.append(_text_encoder(cls, cfgs[name], width, 3, max_length))
     tokenizers = [
         clip_tokenizer(pad_token=cfgs[t]["clip"]["pad_token"], max_length=max_length)
         for t in ("tokenizer", "tokenizer_2")
     ]
-    sched_cfg = cfgs["scheduler"]
-    scheduler = getattr(diffusers, sched_cfg["_class_name"]).from_config(sched_cfg)
     pipe = StableDiffusionXLPipeline(
-        unet=unet.eval(),
-        vae=vae.eval(),
+        unet=unet,
+        vae=vae,
         text_encoder=encoders[0],
         text_encoder_2=encoders[1],
         tokenizer=tokenizers[0],
@@ -237,3 +244,67 @@ def make_sdxl_pipeline(seed: int = 0, max_length: int = MAX_LENGTH) -> Any:
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+# --- pipelines shared between tests ------------------------------------------------------------
+
+_BUILDERS = {
+    "tiny": make_tiny_pipeline,
+    "real": make_real_topology_pipeline,
+    "sdxl": make_sdxl_pipeline,
+}
+_SHARED: dict[tuple[Any, ...], tuple[Any, str]] = {}
+TOUCHED: list[Any] = []  # handed out during the current test (conftest checks them after it)
+
+
+def fingerprint(pipe: Any) -> str:
+    """SHA-256 of everything a test could leave changed on a pipeline: every weight and buffer
+    (bytes), dtype, device, each module's class and train/eval mode, the UNet's hooks and
+    attention processors, each parameter's requires_grad."""
+    h = hashlib.sha256()
+    for comp_name, comp in sorted(pipe.components.items()):
+        if not isinstance(comp, torch.nn.Module):
+            continue
+        for name, mod in comp.named_modules():
+            # hooks on the UNet, where sepme and tests put theirs (transformers >= 5 adds its own
+            # output-recording hooks to a text encoder on its first call and keeps them)
+            hooks = (len(mod._forward_hooks), len(mod._forward_pre_hooks)) * (comp_name == "unet")
+            h.update(f"{comp_name}.{name}:{type(mod).__qualname__}:{mod.training}:{hooks}".encode())
+        for name, p in comp.named_parameters():
+            h.update(f"{comp_name}.{name}:{p.requires_grad}".encode())
+        for name, t in comp.state_dict().items():
+            h.update(f"{comp_name}.{name}:{t.dtype}:{t.device}:{tuple(t.shape)}".encode())
+            h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    unet = getattr(pipe, "unet", None)
+    if unet is not None and hasattr(unet, "attn_processors"):
+        for name, proc in sorted(unet.attn_processors.items()):
+            h.update(f"{name}:{type(proc).__qualname__}".encode())
+    return h.hexdigest()
+
+
+def shared_pipeline(kind: str = "tiny", **kwargs: Any) -> Any:
+    """One pipeline per (builder, arguments) for the whole session (its fingerprint at build time
+    is kept). Tests must not change it (`_shared_pipelines_unchanged` in conftest.py checks after
+    each test); a test that changes a pipeline takes `copy.deepcopy` of it."""
+    key = (kind, tuple(sorted(kwargs.items())))
+    if key not in _SHARED:
+        pipe = _BUILDERS[kind](**kwargs)
+        if kind == "sdxl":
+            # the engine gives an SDXL pipeline its added-conditioning UNet hook once, on first
+            # use, and keeps it: installed up front, so the fingerprint sees any other hook
+            from sepme_engine.models.text import xl_conditioning
+
+            xl_conditioning(pipe)
+        _SHARED[key] = (pipe, fingerprint(pipe))
+    TOUCHED.append(_SHARED[key][0])
+    return _SHARED[key][0]
+
+
+def shared_pipelines() -> list[tuple[Any, str]]:
+    """Every pipeline `shared_pipeline` has built so far, with its fingerprint at build time."""
+    return list(_SHARED.values())
+
+
+def shared_tiny(arch: str = "sd1", seed: int = 0, max_length: int = MAX_LENGTH) -> Any:
+    """`make_tiny_pipeline(arch, seed, max_length)`, built once per session (read-only)."""
+    return shared_pipeline("tiny", arch=arch, seed=seed, max_length=max_length)

@@ -32,3 +32,22 @@ def store(sepme_home: Path):
     from sepme_engine.store import Store
 
     return Store(sepme_home)
+
+
+@pytest.fixture(autouse=True)
+def _shared_pipelines_unchanged(request: pytest.FixtureRequest):
+    """Pipelines from `tests._tiny.shared_pipeline` live for the whole session: after each test,
+    every one the test received (as a fixture or by calling it) must have the fingerprint it was
+    built with. A test that changes a pipeline takes `copy.deepcopy` of it instead."""
+    from tests import _tiny
+
+    _tiny.TOUCHED.clear()
+    yield
+    known = {id(p): (p, fp) for p, fp in _tiny.shared_pipelines()}
+    used = {id(p) for p in _tiny.TOUCHED}
+    used |= {id(v) for v in request.node.funcargs.values() if id(v) in known}
+    for key in used:
+        pipe, fp = known[key]
+        assert _tiny.fingerprint(pipe) == fp, (
+            f"{request.node.nodeid} changed a shared pipeline: give it copy.deepcopy(pipe)"
+        )

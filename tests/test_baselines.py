@@ -16,7 +16,7 @@ from sepme_engine.erase.fmn import FmnConfig, concept_attention_mass, recording_
 from sepme_engine.erase.uce import UceConfig, train_uce
 from sepme_engine.errors import InvalidInput, TrainingDiverged
 from sepme_engine.models.text import encode_prompts
-from tests._tiny import make_tiny_pipeline
+from tests._tiny import shared_tiny
 from tests._tol import gamma
 
 PROMPT = "Van Gogh"
@@ -26,7 +26,7 @@ PROMPT = "Van Gogh"
 def pipe() -> Iterator[Any]:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield make_tiny_pipeline("sd1", seed=0)
+    yield shared_tiny("sd1", seed=0)
     torch.set_num_threads(threads)
 
 
@@ -196,7 +196,7 @@ def kv_change(pipe: Any, inc: Increment, prompts: list[str]) -> tuple[torch.Tens
 def test_uce_closed_form_maps_concept_to_blank_and_keeps_preserved() -> None:
     # L = 8 tokens, d = 32: erased + preserved rows (8 + 2·8 − shared BOS) fit in d, so the
     # closed form can meet every constraint; a tiny ridge makes it (almost) exact.
-    small = make_tiny_pipeline("sd1", seed=0, max_length=8)
+    small = shared_tiny("sd1", seed=0, max_length=8)
     counter = PassCounter(small.unet)
     config = UceConfig(ridge=1e-8)
     result = train_uce(small, PROMPT, ["a cat"], config, "cpu")

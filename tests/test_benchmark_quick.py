@@ -5,6 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
+# each trains several methods on the toy base and judges their images: minutes on 2 cores
+pytestmark = pytest.mark.slow
+
 
 def test_erasure_benchmark_quick_path(tmp_path: Path) -> None:
     from benchmarks.erasure import main

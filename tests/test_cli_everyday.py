@@ -227,6 +227,7 @@ def _umask() -> int:
 
 
 # ----- 8. eval --compare -------------------------------------------------------------------------
+@pytest.mark.slow
 def test_eval_compare_judges_base_and_composition_with_one_counted_bar(store: Store) -> None:
     from sepme_engine.generate import evaluate_base
 

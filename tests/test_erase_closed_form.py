@@ -16,7 +16,7 @@ from sepme_engine.erase.sepme import SepMEConfig, closed_form_sepme, train_sepme
 from sepme_engine.erase.verdict import classify, residual_correlation
 from sepme_engine.errors import InvalidInput
 from sepme_engine.models.text import encode_prompts
-from tests._tiny import make_tiny_pipeline
+from tests._tiny import shared_tiny
 
 EPS32 = float(torch.finfo(torch.float32).eps)
 PRESERVE = ["a dog", "a cat"]
@@ -33,7 +33,7 @@ def _one_thread():
 
 @pytest.fixture(scope="module", params=["sd1", "sd2"])
 def pipe(request):
-    return make_tiny_pipeline(request.param, seed=0, max_length=8)
+    return shared_tiny(request.param, seed=0, max_length=8)
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from sepme_engine.errors import (
     NotFound,
     SchemaTooNew,
 )
-from tests._tiny import make_tiny_pipeline
+from tests._tiny import shared_tiny
 from tests._tol import matmul_bound
 
 
@@ -164,7 +164,7 @@ def test_sum_deltas_canonical_order_and_mismatch() -> None:
 
 @pytest.fixture(scope="module")
 def pipe():
-    return make_tiny_pipeline("sd1", seed=0, max_length=8)
+    return shared_tiny("sd1", seed=0, max_length=8)
 
 
 def _inputs(seed: int = 0):

@@ -13,7 +13,7 @@ from sepme_engine.erase.nullspace import (
 )
 from sepme_engine.errors import InvalidInput, NullSpaceEmpty
 from sepme_engine.models.text import check_prompt, encode_prompts, token_count
-from tests._tiny import make_tiny_pipeline
+from tests._tiny import shared_tiny
 
 
 def _assert_null_basis(E: torch.Tensor, S: torch.Tensor, rank: int) -> None:
@@ -62,7 +62,7 @@ def test_null_space_empty_names_prompts() -> None:
 
 @pytest.mark.parametrize("arch", ["sd1", "sd2"])
 def test_encode_prompts_is_exactly_the_pipeline_embedding(arch: str) -> None:
-    pipe = make_tiny_pipeline(arch, seed=3, max_length=8)
+    pipe = shared_tiny(arch, seed=3, max_length=8)
     emb = encode_prompts(pipe, ["a cat", ""])
     assert emb.shape == (2, 8, 32)
     cond, uncond = pipe.encode_prompt(
@@ -76,7 +76,7 @@ def test_encode_prompts_is_exactly_the_pipeline_embedding(arch: str) -> None:
 
 @pytest.mark.parametrize("arch", ["sd1", "sd2"])
 def test_preserve_null_space_on_pipeline(arch: str) -> None:
-    pipe = make_tiny_pipeline(arch, seed=0, max_length=8)
+    pipe = shared_tiny(arch, seed=0, max_length=8)
     prompts = ["", "a dog", "a red car"]
     S, E = preserve_null_space(pipe, prompts)
     rank = numerical_rank(E)
@@ -87,7 +87,7 @@ def test_preserve_null_space_on_pipeline(arch: str) -> None:
 
 
 def test_pipeline_null_space_empty_when_prompts_fill_the_space() -> None:
-    pipe = make_tiny_pipeline("sd1", seed=0)  # L = 77 rows for d = 32
+    pipe = shared_tiny("sd1", seed=0, max_length=77)  # L = 77 rows for d = 32
     ln = pipe.text_encoder.get_submodule(
         next(n for n, _ in pipe.text_encoder.named_modules() if n.endswith("final_layer_norm"))
     )
@@ -98,7 +98,7 @@ def test_pipeline_null_space_empty_when_prompts_fill_the_space() -> None:
 
 
 def test_check_prompt() -> None:
-    pipe = make_tiny_pipeline("sd1", seed=0, max_length=8)
+    pipe = shared_tiny("sd1", seed=0, max_length=8)
     check_prompt(pipe, "a cat")
     with pytest.raises(InvalidInput, match="empty"):
         check_prompt(pipe, "   ")

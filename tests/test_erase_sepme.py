@@ -14,7 +14,7 @@ from sepme_engine.erase.data import generate_training_latents
 from sepme_engine.erase.sepme import EarlyStopper, SepMEConfig, StepInfo, train_sepme
 from sepme_engine.errors import InvalidInput, TrainingDiverged
 from sepme_engine.models.text import encode_prompts
-from tests._tiny import make_tiny_pipeline
+from tests._tiny import shared_tiny
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -31,7 +31,7 @@ FAST = SepMEConfig(max_steps=4, min_steps=1, lr=0.5, seed=0)
 
 @pytest.fixture(scope="module", params=["sd1", "sd2"])
 def pipe(request):
-    return make_tiny_pipeline(request.param, seed=0, max_length=8)
+    return shared_tiny(request.param, seed=0, max_length=8)
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +143,7 @@ def test_sequential_increments_do_not_disturb_each_other(pipe, latents) -> None:
 
 
 def test_guided_generation_of_preserved_prompt_unchanged() -> None:
-    pipe = make_tiny_pipeline("sd1", seed=1, max_length=8)
+    pipe = shared_tiny("sd1", seed=1, max_length=8)
     lat, _ = generate_training_latents(pipe, "a cat", 1, 2, 7.5, 0, "cpu")
     r = train_sepme(pipe, "a cat", ["a dog"], lat, FAST, "cpu")
     big = _scaled(r.increment, 0.3)
@@ -238,7 +238,7 @@ def test_training_errors(pipe, latents) -> None:
 
 
 def test_generate_training_latents_counts_passes_and_is_seeded() -> None:
-    pipe = make_tiny_pipeline("sd1", seed=0, max_length=8)
+    pipe = shared_tiny("sd1", seed=0, max_length=8)
     lat, passes = generate_training_latents(pipe, "a cat", 3, 2, 7.5, 4, "cpu", batch_size=2)
     assert lat.shape == (3, 4, 16, 16) and lat.dtype == torch.float32
     assert passes == 3 * 2 * 2

@@ -4,7 +4,6 @@ diffusers (offline) and compared weight by weight with the composition cast to t
 from __future__ import annotations
 
 import json
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ from sepme_engine.export.modelspec import modelspec_metadata
 from sepme_engine.export.report import EXPORT_DTYPES
 from sepme_engine.export.single_file import export_single_file
 from sepme_engine.models.configs import pipeline_configs, write_config_dir
-from tests._tiny import make_tiny_pipeline
+from tests._tiny import make_tiny_pipeline, shared_tiny
 
 PROVENANCE = {
     "sepme.schema_version": "1",
@@ -30,10 +29,9 @@ PROVENANCE = {
 }
 
 
-@cache
 def _pipe(arch: str) -> Any:
     torch.set_num_threads(1)
-    return make_tiny_pipeline(arch, seed=3)
+    return shared_tiny(arch, seed=3)
 
 
 def _deltas(pipe: Any, seed: int = 0) -> dict[str, torch.Tensor]:

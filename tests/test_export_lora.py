@@ -3,6 +3,7 @@ error, and diffusers' load_lora_weights + fuse_lora giving back the composition.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import math
@@ -18,7 +19,7 @@ from sepme_engine.delta.increment import Increment
 from sepme_engine.delta.layers import kv_shapes
 from sepme_engine.errors import AlreadyExists, InvalidInput
 from sepme_engine.export.lora import export_lora, lora_key
-from tests._tiny import make_tiny_pipeline
+from tests._tiny import shared_tiny
 from tests._tol import matmul_bound
 
 BETA = 1e-4
@@ -27,7 +28,7 @@ BETA = 1e-4
 @cache
 def _shapes() -> dict[str, tuple[int, int]]:
     torch.set_num_threads(1)
-    return kv_shapes(make_tiny_pipeline("sd1", seed=5).unet)
+    return kv_shapes(shared_tiny("sd1", seed=5).unet)
 
 
 def _factored(m: int, seed: int, scale: float = 0.01) -> Increment:
@@ -48,7 +49,7 @@ def _fused_error(path: Path, incs: dict[str, Increment]) -> tuple[float, float, 
     """Diffusers' fused weights vs W + Σ ΔW: (overall relative error, worst layer's relative
     error, worst layer's fp32 round-off bound). The fused weight is fp32, so adding a small ΔW
     to W costs up to ~eps32·‖W‖; the bound is 4·2⁻²⁴·‖W‖/‖ΔW‖."""
-    pipe = make_tiny_pipeline("sd1", seed=5)
+    pipe = copy.deepcopy(shared_tiny("sd1", seed=5))  # load_lora_weights + fuse change it
     mods = dict(pipe.unet.named_modules())
     base = {n: mods[n].weight.detach().clone() for n in _shapes()}
     pipe.load_lora_weights(str(path))

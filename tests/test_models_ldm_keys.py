@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -20,15 +19,14 @@ from sepme_engine.models.ldm_keys import (
     openclip_padding,
     pipeline_to_ldm,
 )
-from tests._tiny import make_tiny_pipeline
+from tests._tiny import shared_tiny
 
 ARCHS = ["sd1", "sd2", "sd2-v"]
 
 
-@cache
 def tiny(arch: str) -> Any:
     torch.set_num_threads(1)
-    return make_tiny_pipeline(arch, seed=3)
+    return shared_tiny(arch, seed=3)
 
 
 def _assert_same_weights(a: Any, b: Any) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ from sepme_engine.models.configs import pipeline_configs, shipped_configs
 from sepme_engine.models.detect import KNOWN_BASES, inspect_source
 from sepme_engine.models.ldm_keys import pipeline_to_ldm
 from sepme_engine.models.load import load_pipeline
-from tests._tiny import make_tiny_pipeline
+from tests._tiny import shared_tiny
 
 ARCH_LIST = ["sd1", "sd2", "sd2-v"]
 PRED = {"sd1": "epsilon", "sd2": "epsilon", "sd2-v": "v_prediction"}
@@ -35,10 +34,9 @@ class Payload:
     """An arbitrary object in a pickle: torch.load(weights_only=True) must refuse it."""
 
 
-@cache
 def tiny(arch: str) -> Any:
     torch.set_num_threads(1)
-    return make_tiny_pipeline(arch, seed=7)
+    return shared_tiny(arch, seed=7)
 
 
 def expected_layers(pipe: Any) -> tuple[tuple[str, tuple[int, int]], ...]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ from sepme_engine.models.detect import inspect_source
 from sepme_engine.models.ldm_keys import CLIP_PREFIX, OPENCLIP_PREFIX, pipeline_to_ldm
 from sepme_engine.models.load import load_pipeline
 from sepme_engine.store import Store
-from tests._tiny import make_real_topology_pipeline, make_tiny_pipeline
+from tests._tiny import shared_pipeline, shared_tiny
 
 runner = CliRunner()
 
@@ -31,10 +30,9 @@ def run(*args: str):
     return runner.invoke(app, list(args))
 
 
-@cache
 def real(arch: str) -> Any:
     torch.set_num_threads(1)
-    return make_real_topology_pipeline(arch, seed=2, max_length=8)
+    return shared_pipeline("real", arch=arch, seed=2, max_length=8)
 
 
 def assert_same_weights(a: Any, b: Any) -> None:
@@ -126,7 +124,7 @@ def test_base_add_from_a_hub_id(
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    pipe = make_tiny_pipeline("sd1", seed=4, max_length=8)
+    pipe = shared_tiny("sd1", seed=4, max_length=8)
     _fake_cache(tmp_path / "hub", "stable-diffusion-v1-5/stable-diffusion-v1-5", pipe)
     _fake_cache(tmp_path / "hub", "someone/tiny-sd", pipe)
     for args in (("sd15",), ("mine", "someone/tiny-sd")):

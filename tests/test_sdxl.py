@@ -5,6 +5,7 @@ SepME / sepme-cf / the baselines, decoupling on SDXL shapes, exports, refusals."
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +29,7 @@ from sepme_engine.models.ldm_keys import (
 from sepme_engine.models.load import load_pipeline
 from sepme_engine.models.text import encode_prompts, encode_prompts_xl
 from tests._fixtures import save_diffusers, save_single_file
-from tests._tiny import XL_TEXT_WIDTHS, make_sdxl_pipeline
+from tests._tiny import XL_TEXT_WIDTHS, shared_pipeline
 
 COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2")
 FAST = SepMEConfig(max_steps=3, min_steps=1, lr=0.5, seed=0)
@@ -44,7 +45,7 @@ def _one_thread() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def pipe() -> Any:
-    return make_sdxl_pipeline(seed=0, max_length=8)
+    return shared_pipeline("sdxl", seed=0, max_length=8)
 
 
 @pytest.fixture(scope="module")
@@ -423,7 +424,7 @@ def test_lora_export_has_kohya_sdxl_names_and_fuses_in_diffusers(
     assert "lora_unet_output_blocks_5_1_transformer_blocks_0_attn2_to_v" in modules
     assert not any("down_blocks" in m or "up_blocks" in m for m in modules)
 
-    fresh = make_sdxl_pipeline(seed=0, max_length=8)
+    fresh = copy.deepcopy(pipe)  # load_lora_weights + fuse change it
     named = dict(fresh.unet.named_modules())
     deltas = hooks.sum_deltas([erased])
     base = {n: named[n].weight.detach().clone() for n in deltas}
@@ -514,7 +515,7 @@ def test_gpu_check_sdxl_iteration_path_runs_at_reduced_width(
     from benchmarks.perf import bench_iteration, render
     from sepme_engine.models import configs
 
-    small = configs.pipeline_configs(make_sdxl_pipeline(seed=0, max_length=8))
+    small = configs.pipeline_configs(shared_pipeline("sdxl", seed=0, max_length=8))
     monkeypatch.setattr(configs, "shipped_configs", lambda arch: small if arch == "sdxl" else {})
     built = eb.build_sdxl_pipe(seed=0)
     assert type(built).__name__ == "StableDiffusionXLPipeline"

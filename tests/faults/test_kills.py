@@ -44,6 +44,7 @@ def test_kill_before_a_variant_is_renamed_then_rerun(home: Path) -> None:
     assert not list(folder.glob(".*.incomplete")) and _problems(home) == []
 
 
+@pytest.mark.slow
 def test_kill_mid_export_leaves_no_partial_output_and_rerun_cleans(
     home: Path, tmp_path: Path
 ) -> None:
@@ -64,6 +65,7 @@ def test_kill_mid_export_leaves_no_partial_output_and_rerun_cleans(
     assert _problems(home) == []
 
 
+@pytest.mark.slow
 def test_sigterm_during_erase_is_like_ctrl_c(home: Path) -> None:
     env = {**os.environ, "SEPME_HOME": str(home), "OMP_NUM_THREADS": "1"}
     env.pop("SEPME_DEBUG", None)
@@ -89,6 +91,7 @@ def test_sigterm_during_erase_is_like_ctrl_c(home: Path) -> None:
     assert _problems(home) == []
 
 
+@pytest.mark.slow
 def test_two_erases_at_once_never_lose_each_other(home: Path) -> None:
     env = {**os.environ, "SEPME_HOME": str(home), "OMP_NUM_THREADS": "1"}
     env.pop("SEPME_DEBUG", None)
@@ -117,6 +120,7 @@ def test_two_erases_at_once_never_lose_each_other(home: Path) -> None:
     assert _problems(home) == []
 
 
+@pytest.mark.slow
 def test_file_size_limit_is_one_line_and_leaves_nothing(home: Path, tmp_path: Path) -> None:
     dest = tmp_path / "dest"
     dest.mkdir()
