@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -87,7 +89,8 @@ def test_preserve_null_space_on_pipeline(arch: str) -> None:
 
 
 def test_pipeline_null_space_empty_when_prompts_fill_the_space() -> None:
-    pipe = shared_tiny("sd1", seed=0, max_length=77)  # L = 77 rows for d = 32
+    # L = 77 rows for d = 32; a copy, since the LayerNorm bias is changed below
+    pipe = copy.deepcopy(shared_tiny("sd1", seed=0, max_length=77))
     ln = pipe.text_encoder.get_submodule(
         next(n for n, _ in pipe.text_encoder.named_modules() if n.endswith("final_layer_norm"))
     )
