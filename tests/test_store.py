@@ -141,6 +141,29 @@ def test_lock_waits_then_proceeds(sepme_home: Path) -> None:
         proc.wait(timeout=30)
 
 
+def test_lock_is_one_per_store_and_nests_across_store_objects(sepme_home: Path) -> None:
+    """Two Store objects of one root share the lock: nesting them does not wait on ourselves,
+    and while the outer one holds it another process is refused."""
+    import subprocess
+    import sys
+
+    outer = Store(sepme_home, lock_timeout=0.5)
+    inner = Store(Path(str(sepme_home) + "/"), lock_timeout=0.5)
+    probe = (
+        "import sys; from filelock import FileLock, Timeout\n"
+        "try:\n    FileLock(sys.argv[1]).acquire(timeout=0.3)\nexcept Timeout:\n    sys.exit(3)\n"
+    )
+    lock_file = str(sepme_home / "store.lock")
+    with outer.locked():
+        with inner.locked(), outer.locked():  # would raise StoreLocked with one lock per object
+            inner.write_manifest("bases", "x", base_manifest("x"))
+        refused = subprocess.run([sys.executable, "-c", probe, lock_file], timeout=60)
+        assert refused.returncode == 3  # still held by the outer block
+    free = subprocess.run([sys.executable, "-c", probe, lock_file], timeout=60)
+    assert free.returncode == 0  # released when the outermost block ends
+    assert outer.has_manifest("bases", "x")
+
+
 def test_verify_and_prune(store: Store, tmp_path: Path) -> None:
     src = tmp_path / "a.bin"
     src.write_bytes(b"a" * 100)

@@ -12,12 +12,10 @@ from pathlib import Path
 import torch
 
 from sepme_engine.errors import BaseMismatch, InvalidInput
+from sepme_engine.models.arch import DTYPES, dtype_name, torch_dtype
 
-EXPORT_DTYPES: dict[str, torch.dtype] = {
-    "fp16": torch.float16,
-    "bf16": torch.bfloat16,
-    "fp32": torch.float32,
-}
+# The export precisions: the dtype table's short names (`models.arch.DTYPES`) as torch dtypes.
+EXPORT_DTYPES: dict[str, torch.dtype] = {name: torch_dtype(name) for name in DTYPES}
 
 
 @dataclass(frozen=True)
@@ -48,17 +46,13 @@ class ExportReport:
 
 def parse_dtype(dtype: str | torch.dtype) -> tuple[str, torch.dtype]:
     """("fp16", torch.float16) from "fp16"/"float16"/torch.float16 (also bf16, fp32)."""
-    if isinstance(dtype, torch.dtype):
-        for name, d in EXPORT_DTYPES.items():
-            if d == dtype:
-                return name, d
-    else:
-        key = {"float16": "fp16", "half": "fp16", "bfloat16": "bf16", "float32": "fp32"}.get(
-            dtype, dtype
-        )
-        if key in EXPORT_DTYPES:
-            return key, EXPORT_DTYPES[key]
-    raise InvalidInput(f"unsupported export dtype {dtype!r}", hint="use fp16, bf16 or fp32")
+    try:
+        name = dtype_name(dtype)
+    except InvalidInput:
+        raise InvalidInput(
+            f"unsupported export dtype {dtype!r}", hint="use fp16, bf16 or fp32"
+        ) from None
+    return name, EXPORT_DTYPES[name]
 
 
 def peak_rss_bytes() -> int:

@@ -32,7 +32,7 @@ CONFIGS_METADATA_KEY = "sepme.configs"
 # ignores keys that start with "_").
 PROFILE_METADATA_KEY = "sepme.profile"
 MODEL_INDEX_KEY = "_sepme"
-KNOWN_PROFILES = ("toy", "sd1", "sd2", "sd2-v", "sdxl")
+KNOWN_PROFILES = ("toy", *ARCHS)  # settings profiles: the toy world and every architecture
 # config keys that hold where a model was loaded from (a local path): never exported
 LOCAL_PATH_KEYS = ("_name_or_path",)
 COMPONENT_FILES = {
@@ -45,7 +45,7 @@ COMPONENT_FILES = {
 # SDXL's second text encoder (its second tokenizer is the configs' "tokenizer_2")
 XL_COMPONENT_FILES = {"text_encoder_2": "text_encoder_2/config.json"}
 XL_PIPELINE = "StableDiffusionXLPipeline"
-SHIPPED_NAMES = ("sd15", "sd21-base", "sd21", "sdxl-base")
+SHIPPED_NAMES = tuple(a.shipped_config for a in ARCHS.values())
 
 
 def is_xl(configs: dict[str, Any]) -> bool:

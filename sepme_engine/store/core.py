@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,8 +122,6 @@ class Store:
             lock_timeout = float(os.environ.get("SEPME_LOCK_TIMEOUT", "600"))
         self.lock_timeout = lock_timeout
         self.on_lock_wait: Callable[[str], None] | None = None
-        self._lock: Any = None
-        self._depth = 0
 
     # -- layout ---------------------------------------------------------------------------
     @property
@@ -140,10 +139,6 @@ class Store:
     @property
     def views_dir(self) -> Path:
         return self.root / "views"
-
-    @property
-    def config_path(self) -> Path:
-        return self.root / "config.toml"
 
     def ensure(self) -> None:
         for d in (self.blobs_dir, self.tmp_dir, self.root / "manifests"):
@@ -187,18 +182,12 @@ class Store:
     # -- lock -----------------------------------------------------------------------------
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
-        """Hold the store lock (re-entrant within this object). Says so when it has to wait."""
-        if self._depth:
-            self._depth += 1
-            try:
-                yield
-            finally:
-                self._depth -= 1
-            return
-        from filelock import FileLock, Timeout
+        """Hold the store lock. Re-entrant: every Store of this root in this process shares one
+        `FileLock`, which counts nested acquisitions. Says so when it has to wait."""
+        from filelock import Timeout
 
         self.root.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(str(self.root / "store.lock"))
+        lock = _store_lock(self.root)
         try:
             lock.acquire(timeout=0.2)
         except Timeout:
@@ -211,11 +200,9 @@ class Store:
                     f"another sepme process holds the store lock ({self.root / 'store.lock'})",
                     hint="wait for it to finish, or raise SEPME_LOCK_TIMEOUT",
                 ) from exc
-        self._depth = 1
         try:
             yield
         finally:
-            self._depth = 0
             lock.release()
 
     # -- blobs ----------------------------------------------------------------------------
@@ -478,6 +465,23 @@ class Store:
             state.update(changes)
             state["schema_version"] = SCHEMA_VERSION
             write_json(self.root / "state.json", state)
+
+
+_LOCKS: dict[str, Any] = {}
+_LOCKS_GUARD = threading.Lock()
+
+
+def _store_lock(root: Path) -> Any:
+    """The one `FileLock` of the store at `root` in this process (keyed by the real path of its
+    lock file, so `Store(p)` and `Store(Path(p).resolve())` share it)."""
+    from filelock import FileLock
+
+    path = os.path.realpath(root / "store.lock")
+    with _LOCKS_GUARD:
+        lock = _LOCKS.get(path)
+        if lock is None:
+            lock = _LOCKS[path] = FileLock(path)
+        return lock
 
 
 def _valid_key(key: str) -> bool:
