@@ -1,4 +1,4 @@
-"""The export report, export dtypes, peak-memory tracking and the canonical composition rule."""
+"""The export report, export dtypes, peak-memory tracking and the delta/weight fit check."""
 
 from __future__ import annotations
 
@@ -71,29 +71,6 @@ class Meter:
     def done(self) -> tuple[float, int, int]:
         peak = peak_rss_bytes()
         return time.perf_counter() - self.t0, peak, max(0, peak - self.rss0)
-
-
-def compose_weight(
-    w_base: torch.Tensor, delta: torch.Tensor | None, out_dtype: torch.dtype
-) -> torch.Tensor:
-    """The canonical composition: (W_base.to(float32) + D).to(out_dtype).
-
-    Without a delta, floating weights are only cast; non-floating buffers keep their dtype.
-    """
-    if delta is None:
-        if not w_base.is_floating_point():
-            return w_base
-        return w_base.to(out_dtype)
-    return (w_base.to(torch.float32) + delta.to(w_base.device, torch.float32)).to(out_dtype)
-
-
-def compose_source(w_base: torch.Tensor, delta: torch.Tensor | None) -> torch.Tensor:
-    """The composed weight before the cast to the export dtype: W_base itself (no copy) without a
-    delta, W_base.to(float32) + D with one. The streaming writer applies `.to(out_dtype)` slice by
-    slice, so the bytes written are exactly `compose_weight(w_base, delta, out_dtype)`."""
-    if delta is None:
-        return w_base
-    return w_base.to(torch.float32) + delta.to(w_base.device, torch.float32)
 
 
 def check_deltas(

@@ -20,13 +20,13 @@ from typing import Any
 
 import torch
 
+from sepme_engine.delta.composition import compose_source
 from sepme_engine.errors import InvalidInput, UnsupportedModel
 from sepme_engine.export.modelspec import HASH_KEY, modelspec_metadata
 from sepme_engine.export.report import (
     ExportReport,
     Meter,
     check_deltas,
-    compose_source,
     parse_dtype,
 )
 from sepme_engine.export.safetensors_writer import TensorEntry, constant, write_safetensors
