@@ -54,8 +54,8 @@ def is_xl(configs: dict[str, Any]) -> bool:
 
 
 def shipped_configs(arch_or_name: str) -> dict[str, Any]:
-    """The shipped configs for an architecture ("sd1", "sd2", "sd2-v") or a folder name
-    ("sd15", "sd21-base", "sd21"), as a configs dict (a fresh copy)."""
+    """The shipped configs for an architecture (a key of `arch.ARCHS`) or a folder name
+    (`SHIPPED_NAMES`: "sd15", "sd21-base", ...), as a configs dict (a fresh copy)."""
     name = ARCHS[arch_or_name].shipped_config if arch_or_name in ARCHS else arch_or_name
     if name not in SHIPPED_NAMES:
         raise InvalidInput(f"no shipped config {arch_or_name!r}", hint=f"one of {SHIPPED_NAMES}")

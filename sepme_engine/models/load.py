@@ -240,9 +240,9 @@ def load_pipeline(
 
     `source` may be a path, a hub id / short name, or the `SourceInfo` of `inspect_source`.
     `kind` ("diffusers" | "single_file" | "hub"), when given, must match what is found.
-    `arch` ("sd1" | "sd2" | "sd2-v") picks the shipped config for a single file without embedded
-    configs; "sd2" / "sd2-v" also fix the prediction type (epsilon / v_prediction) unless
-    `prediction_type` is given. It must agree with the detected family (CLIP vs OpenCLIP).
+    `arch` (a key of `arch.ARCHS`) picks the shipped config for a single file without embedded
+    configs; an arch that pins its prediction type (sd2 / sd2-v) also fixes it unless
+    `prediction_type` is given. Its text encoder must agree with the detected one.
     `prediction_type` overrides the scheduler's prediction type. `configs` (the `sepme.configs`
     structure, see `configs.py`) replaces a single file's embedded/shipped configs, e.g. to load
     a pickle or a non-standard model whose diffusers configs are known.
