@@ -1,9 +1,9 @@
 """Compositions: which increments are active on a base, named variants, and the canonical sum.
 
-The weights of a composition are `(W_base.float() + D).to(dtype)` with
-`D = Σ_i ΔW_i` summed in float32 in sorted concept-name order starting from zeros — computed
-from scratch from the active set every time, so restoring is exact: erase {a, b} then restore b
-gives bit-for-bit the weights of erase {a}.
+The weights of a composition follow the one rule of `sepme_engine.delta.composition`:
+`(W_base.float() + D).to(dtype)` with `D = Σ_i ΔW_i` summed in float32 in sorted concept-name
+order starting from zeros — computed from scratch from the active set every time, so restoring
+is exact: erase {a, b} then restore b gives bit-for-bit the weights of erase {a}.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from sepme_engine.increments import (
     active_set,
     concept_name,
     get_increment,
-    list_increments,
     load_increment,
     resolve_concept,
     set_active,
@@ -227,17 +226,9 @@ def selection(
 
 def composition_deltas(store: Store, base: BaseInfo, names: Sequence[str]) -> dict[str, Any]:
     """D = Σ ΔW_i in float32, canonical order; checks each increment's base digest and layers."""
-    from sepme_engine.delta.hooks import sum_deltas
+    from sepme_engine.delta.composition import sum_deltas
 
     incs = [
         load_increment(store, get_increment(store, base.name, n), base) for n in sorted(set(names))
     ]
     return sum_deltas(incs)
-
-
-def loaded_increments(
-    store: Store, base: BaseInfo, names: Sequence[str] | None = None
-) -> list[tuple[str, Any]]:
-    infos = list_increments(store, base.name)
-    chosen = [i for i in infos if names is None or i.concept in set(names)]
-    return [(i.concept, load_increment(store, i, base)) for i in chosen]

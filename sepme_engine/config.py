@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from sepme_engine.errors import ConfigError
+from sepme_engine.models.arch import ARCHS
 from sepme_engine.toy.vocab import CONCEPTS
 
 if sys.version_info >= (3, 11):
@@ -108,7 +109,7 @@ def range_error(key: str, value: float, lo: float, hi: float) -> str | None:
     return None
 
 
-ARCHES = ("toy", "sd1", "sd2", "sd2-v", "sdxl")
+ARCHES = ("toy", *ARCHS)  # settings profiles: the toy world and every architecture
 
 
 def config_help() -> str:
@@ -177,12 +178,9 @@ TOY_ERASE_DEFAULTS: dict[str, Any] = {
     "verify_samples": 8,
 }
 ERASE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "sd1": dict(SD_ERASE_DEFAULTS),
-    "sd2": dict(SD_ERASE_DEFAULTS),
-    "sd2-v": dict(SD_ERASE_DEFAULTS),
-    # SDXL: the paper's SD values as they are (its to_k/to_v see the 2048-d concatenation of the
-    # two text encoders' penultimate hidden states; nothing in the method depends on the width)
-    "sdxl": dict(SD_ERASE_DEFAULTS),
+    # every architecture: the paper's SD values (SDXL's to_k/to_v see the 2048-d concatenation of
+    # the two text encoders' penultimate hidden states; nothing in the method depends on the width)
+    **{arch: dict(SD_ERASE_DEFAULTS) for arch in ARCHS},
     "toy": dict(TOY_ERASE_DEFAULTS),
 }
 TOP_DEFAULTS: dict[str, Any] = {"device": "auto", "dtype": "auto"}

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from sepme_engine.errors import InvalidInput
-from sepme_engine.models.arch import resolve_device
+from sepme_engine.models.arch import DTYPES, resolve_device
 
 __all__ = ["resolve_device", "resolve_dtype"]
 
-DTYPE_NAMES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+DTYPE_NAMES = DTYPES  # short name -> torch dtype name (the one table, models/arch.py)
 
 
 def resolve_dtype(name: str, device: Any) -> str:

@@ -141,6 +141,29 @@ def test_lock_waits_then_proceeds(sepme_home: Path) -> None:
         proc.wait(timeout=30)
 
 
+def test_lock_is_one_per_store_and_nests_across_store_objects(sepme_home: Path) -> None:
+    """Two Store objects of one root share the lock: nesting them does not wait on ourselves,
+    and while the outer one holds it another process is refused."""
+    import subprocess
+    import sys
+
+    outer = Store(sepme_home, lock_timeout=0.5)
+    inner = Store(Path(str(sepme_home) + "/"), lock_timeout=0.5)
+    probe = (
+        "import sys; from filelock import FileLock, Timeout\n"
+        "try:\n    FileLock(sys.argv[1]).acquire(timeout=0.3)\nexcept Timeout:\n    sys.exit(3)\n"
+    )
+    lock_file = str(sepme_home / "store.lock")
+    with outer.locked():
+        with inner.locked(), outer.locked():  # would raise StoreLocked with one lock per object
+            inner.write_manifest("bases", "x", base_manifest("x"))
+        refused = subprocess.run([sys.executable, "-c", probe, lock_file], timeout=60)
+        assert refused.returncode == 3  # still held by the outer block
+    free = subprocess.run([sys.executable, "-c", probe, lock_file], timeout=60)
+    assert free.returncode == 0  # released when the outermost block ends
+    assert outer.has_manifest("bases", "x")
+
+
 def test_verify_and_prune(store: Store, tmp_path: Path) -> None:
     src = tmp_path / "a.bin"
     src.write_bytes(b"a" * 100)
@@ -179,3 +202,36 @@ def test_read_header_detects_truncation(tmp_path: Path) -> None:
     path.write_bytes(b"\x05\x00")
     with pytest.raises(CorruptEntry):
         read_header(path)
+
+
+def test_atomic_write_is_complete_or_absent(tmp_path: Path) -> None:
+    """The one atomic-write helper: a file lands whole; a failure leaves the old content and no
+    temporary; a content-addressed write may drop its temporary; a folder replaces a folder."""
+    from sepme_engine.store.atomic import atomic_write
+
+    dest = tmp_path / "out" / "f.bin"
+    with atomic_write(dest) as staged:
+        assert staged.path.parent == dest.parent and staged.path.name.startswith(".f.bin.")
+        assert staged.path.name.endswith(".incomplete") and not staged.path.exists()
+        staged.path.write_bytes(b"one")
+    assert dest.read_bytes() == b"one"
+    with pytest.raises(RuntimeError), atomic_write(dest) as staged:
+        staged.path.write_bytes(b"half")
+        raise RuntimeError("boom")
+    assert dest.read_bytes() == b"one"
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["f.bin"]
+
+    scratch = tmp_path / "tmp"
+    with atomic_write(None, folder=scratch, prefix="blob") as staged:
+        staged.path.write_bytes(b"one")
+        staged.dest = dest
+        staged.keep_existing = True  # dest already holds it: the temporary is dropped
+    assert list(scratch.iterdir()) == [] and dest.read_bytes() == b"one"
+
+    folder = tmp_path / "dir"
+    for content in (b"a", b"b"):
+        with atomic_write(folder, directory=True) as staged:
+            assert staged.path.is_dir()
+            (staged.path / "x").write_bytes(content)
+    assert (folder / "x").read_bytes() == b"b"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir", "out", "tmp"]

@@ -7,11 +7,9 @@ Two mechanisms:
   `x @ ΔWᵀ` computed in float32: factored terms as `(x Sᵀ) Cᵀ` (cheap, exact for the null
   space), dense terms as `x Dᵀ`. `deltas_enabled(unet, flag)` switches the addition on/off;
   `detach(unet)` puts the original module objects back. Nothing in the base weights changes.
-- `apply_deltas_inplace(unet, deltas)` writes the canonical composition into the weights for
-  generation/export: W ← (W_base.float() + D).to(W.dtype), restoring the saved W bit-exactly on
-  exit. D comes from `sum_deltas`, the one composition rule used everywhere: per layer, start
-  from zeros and add each active increment's float32 ΔW in the order given (callers pass the
-  increments sorted by concept name).
+- `apply_deltas_inplace(unet, deltas)` writes the composition into the weights for generation:
+  W ← (W_base.float() + D).to(W.dtype), restoring the saved W bit-exactly on exit. The rule and
+  `sum_deltas` (which makes D) live in `delta/composition.py`.
 
 Note: the in-place merge rounds W+D to the weight dtype, so preserved prompts are unchanged only
 up to that rounding (float32: ~1e-7 relative; bf16/fp16: the rounding can swallow ΔW entirely).
@@ -27,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sepme_engine.delta.composition import compose_weight, sum_deltas
 from sepme_engine.delta.increment import Increment
 from sepme_engine.delta.layers import cross_attention_kv
 from sepme_engine.errors import BaseMismatch
@@ -198,28 +197,10 @@ def attached(
         detach(unet)
 
 
-def sum_deltas(increments_in_order: Sequence[Increment]) -> dict[str, torch.Tensor]:
-    """The canonical composition: per layer, zeros + ΔW_1 + ΔW_2 + ... in float32, in the
-    order given (pass the active increments sorted by concept name)."""
-    total: dict[str, torch.Tensor] = {}
-    shapes: dict[str, tuple[int, int]] = {}
-    for inc in increments_in_order:
-        for name, shape in inc.shapes().items():
-            if name in shapes and shapes[name] != shape:
-                raise BaseMismatch(
-                    f"increments disagree on the shape of {name}: {shapes[name]} vs {shape}",
-                    hint="all increments of a composition must belong to the same base",
-                )
-            shapes[name] = shape
-            if name not in total:
-                total[name] = torch.zeros(shape, dtype=torch.float32)
-            total[name] = total[name] + inc.delta(name)
-    return dict(sorted(total.items()))
-
-
 @contextmanager
 def apply_deltas_inplace(unet: nn.Module, deltas: Mapping[str, torch.Tensor]) -> Iterator[None]:
-    """W ← (W.float() + D).to(W.dtype) for each named layer; restored bit-exactly on exit."""
+    """W ← compose_weight(W, D, W.dtype) for each named layer (the composition rule,
+    `delta/composition.py`); restored bit-exactly on exit."""
     layers = dict(cross_attention_kv(unet))
     unknown = sorted(set(deltas) - set(layers))
     if unknown:
@@ -239,9 +220,25 @@ def apply_deltas_inplace(unet: nn.Module, deltas: Mapping[str, torch.Tensor]) ->
             for name, d in deltas.items():
                 w = layers[name].weight
                 saved[name] = w.detach().clone()
-                w.copy_((w.float() + d.to(w.device, torch.float32)).to(w.dtype))
+                w.copy_(compose_weight(w, d, w.dtype))
         yield
     finally:
         with torch.no_grad():
             for name, original in saved.items():
                 layers[name].weight.copy_(original)
+
+
+__all__ = [
+    "DeltaLinear",
+    "Term",
+    "apply_deltas_inplace",
+    "attach",
+    "attached",
+    "delta_layers",
+    "deltas_enabled",
+    "detach",
+    "item_mask",
+    "set_increments",
+    "set_terms",
+    "sum_deltas",  # from delta/composition.py, where the rule lives; kept here for old imports
+]

@@ -1,38 +1,29 @@
-"""Complete-or-absent outputs: write under a temporary name in the destination folder, rename.
-
-A file is written to `.<name>.<random>.incomplete` next to its destination, fsynced, then moved
-into place with `os.replace`; a folder is built under such a name and renamed. Any exception
-(including KeyboardInterrupt) removes the temporary, so the destination is never left half-written.
+"""Complete-or-absent export outputs, through the one atomic-write helper
+(`store.atomic.atomic_write`): a file is written to `.<name>.<pid>.<random>.incomplete` next to
+its destination, fsynced, then moved into place with `os.replace`; a folder is built under such a
+name and renamed. Any exception (including KeyboardInterrupt) removes the temporary, so the
+destination is never left half-written. Here: the destination checks (exists? file vs folder?),
+the clean-up of a killed export's leftovers, and the export fault points.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import shutil
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 from sepme_engine.errors import AlreadyExists, InvalidInput
+from sepme_engine.store import faults
+from sepme_engine.store.atomic import INCOMPLETE_SUFFIX, atomic_write, clean_stale
 
-INCOMPLETE_SUFFIX = ".incomplete"
 log = logging.getLogger("sepme")
-
-
-def temp_name(dest: Path) -> Path:
-    """A fresh hidden temporary path in `dest`'s folder (same file system, so rename is atomic):
-    `.<name>.<pid>.<random>.incomplete`, so a later export can tell its own stale ones."""
-    return dest.parent / f".{dest.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}{INCOMPLETE_SUFFIX}"
 
 
 def clean_stale_temporaries(dest: Path) -> list[Path]:
     """Remove the temporaries of earlier exports to `dest` whose process is gone (a kill left
     them); a running export's are kept. Each removal is logged on the "sepme" logger (the CLI
     prints it)."""
-    from sepme_engine.store.atomic import clean_stale
-
     removed = clean_stale(dest.parent, f".{dest.name}.")
     for path in removed:
         log.warning("removed %s, left by an interrupted export", path)
@@ -60,96 +51,39 @@ def check_destination(dest: Path, *, force: bool, want_dir: bool) -> None:
         )
 
 
-def _remove(path: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink()
-
-
-def fsync_dir(path: Path) -> None:
-    """fsync a folder so a rename inside it is durable (no-op where folders cannot be opened)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def fsync_tree(root: Path) -> None:
-    """fsync every file and folder under `root`."""
-    for dirpath, _dirnames, filenames in os.walk(root):
-        for name in filenames:
-            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        fsync_dir(Path(dirpath))
-
-
 @contextlib.contextmanager
-def atomic_file(dest: Path, *, force: bool) -> Iterator[Path]:
-    """Yield a temporary path to write; on success it replaces `dest`, on failure it is removed.
-
-    The caller must flush and fsync what it writes to the yielded path.
-    """
-    from sepme_engine.store import faults
-
+def _export(dest: Path, *, force: bool, want_dir: bool) -> Iterator[Path]:
     dest = Path(dest)
-    check_destination(dest, force=force, want_dir=False)
+    check_destination(dest, force=force, want_dir=want_dir)
     dest.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_temporaries(dest)
-    tmp = temp_name(dest)
-    try:
-        yield tmp
-        check_destination(dest, force=force, want_dir=False)
+
+    def before_rename() -> None:
+        check_destination(dest, force=force, want_dir=want_dir)
         faults.point("export.before-rename")
-        os.replace(tmp, dest)
-    except BaseException:
-        _remove(tmp)
-        raise
-    fsync_dir(dest.parent)
+
+    with atomic_write(dest, directory=want_dir, before_rename=before_rename) as staged:
+        yield staged.path
+        if want_dir:
+            faults.point("export.mid-write")  # the folder is written, not yet fsynced nor renamed
 
 
-@contextlib.contextmanager
-def atomic_dir(dest: Path, *, force: bool) -> Iterator[Path]:
+def atomic_file(dest: Path, *, force: bool) -> contextlib.AbstractContextManager[Path]:
+    """Yield a fresh temporary path to write (not yet created); on success it replaces `dest`,
+    on failure it is removed. `dest` is refused if it exists (unless `force`) or is a folder."""
+    return _export(dest, force=force, want_dir=False)
+
+
+def atomic_dir(dest: Path, *, force: bool) -> contextlib.AbstractContextManager[Path]:
     """Yield a fresh temporary folder; on success it becomes `dest` (an old `dest` is removed
     only after the new one is in place), on failure it is removed."""
-    from sepme_engine.store import faults
+    return _export(dest, force=force, want_dir=True)
 
-    dest = Path(dest)
-    check_destination(dest, force=force, want_dir=True)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    clean_stale_temporaries(dest)
-    tmp = temp_name(dest)
-    tmp.mkdir()
-    old: Path | None = None
-    try:
-        yield tmp
-        faults.point("export.mid-write")  # the folder is written, not yet fsynced nor renamed
-        fsync_tree(tmp)
-        check_destination(dest, force=force, want_dir=True)
-        faults.point("export.before-rename")
-        if dest.exists():
-            old = temp_name(dest).with_name(temp_name(dest).name + ".old")
-            os.replace(dest, old)
-        try:
-            os.replace(tmp, dest)
-        except BaseException:
-            if old is not None:
-                os.replace(old, dest)
-                old = None
-            raise
-    except BaseException:
-        _remove(tmp)
-        raise
-    fsync_dir(dest.parent)
-    if old is not None:
-        _remove(old)
+
+__all__ = [
+    "INCOMPLETE_SUFFIX",
+    "atomic_dir",
+    "atomic_file",
+    "check_destination",
+    "clean_stale_temporaries",
+]

@@ -27,12 +27,12 @@ from typing import Any
 
 import torch
 
+from sepme_engine.delta.composition import compose_source
 from sepme_engine.export._atomic import atomic_dir
 from sepme_engine.export.report import (
     ExportReport,
     Meter,
     check_deltas,
-    compose_source,
     parse_dtype,
 )
 from sepme_engine.export.safetensors_writer import TensorEntry, write_plain_file, write_safetensors

@@ -32,14 +32,10 @@ import torch
 
 from sepme_engine.delta.increment import Increment
 from sepme_engine.errors import InvalidInput
-from sepme_engine.export.modelspec import (
-    HASH_KEY,
-    KOHYA_BASE_VERSION,
-    check_arch,
-    modelspec_metadata,
-)
+from sepme_engine.export.modelspec import HASH_KEY, modelspec_metadata
 from sepme_engine.export.report import ExportReport, Meter, parse_dtype
 from sepme_engine.export.safetensors_writer import TensorEntry, constant, write_safetensors
+from sepme_engine.models.arch import arch_facts
 from sepme_engine.models.ldm_keys import ldm_attention_module_names
 
 LORA_PREFIX = "lora_unet_"
@@ -148,13 +144,14 @@ def kohya_metadata(arch: str, rank: int, *, output_name: str = "sepme") -> dict[
     `ss_network_args` (a JSON object of strings) only when network args were given; this LoRA
     has none, so the key is absent (readers take a missing key as no args).
     """
+    facts = arch_facts(arch)
     return {
         "ss_network_module": "networks.lora",
         "ss_network_dim": str(rank),
         "ss_network_alpha": str(rank),
-        "ss_base_model_version": KOHYA_BASE_VERSION[arch],
-        "ss_v2": str(arch in ("sd2", "sd2-v")),
-        "ss_v_parameterization": str(arch == "sd2-v"),
+        "ss_base_model_version": facts.kohya_base_version,
+        "ss_v2": str(facts.family == "sd2"),
+        "ss_v_parameterization": str(facts.prediction_type == "v_prediction"),
         "ss_network_train_unet_only": "True",
         "ss_output_name": output_name,
     }
@@ -181,7 +178,7 @@ def export_lora(
     not `force`).
     """
     meter = Meter()
-    check_arch(arch)
+    facts = arch_facts(arch)
     dtype_name, tdtype = parse_dtype(dtype)
     if not increments:
         raise InvalidInput("no increment to export", hint="name at least one increment")
@@ -225,7 +222,7 @@ def export_lora(
             downs[layer] = torch.cat([downs[layer], up.new_zeros(pad, downs[layer].shape[1])])
 
     try:
-        ldm_names = ldm_attention_module_names(layers) if arch == "sdxl" else None
+        ldm_names = ldm_attention_module_names(layers) if facts.lora_key_names == "ldm" else None
     except ValueError as exc:
         raise InvalidInput(
             f"cannot name these layers the kohya SDXL way: {exc}",

@@ -12,53 +12,24 @@ from __future__ import annotations
 import datetime as _dt
 from collections.abc import Sequence
 
-from sepme_engine.errors import InvalidInput
+from sepme_engine.models.arch import arch_facts, normalize_prediction_type
 
-ARCHS = ("sd1", "sd2", "sd2-v", "sdxl")
-
-ARCHITECTURE_IDS = {
-    "sd1": "stable-diffusion-v1",
-    "sd2": "stable-diffusion-v2-512",
-    "sd2-v": "stable-diffusion-v2-768-v",
-    "sdxl": "stable-diffusion-xl-v1-base",
-}
-DEFAULT_RESOLUTION = {"sd1": "512x512", "sd2": "512x512", "sd2-v": "768x768", "sdxl": "1024x1024"}
-DEFAULT_PREDICTION = {"sd1": "epsilon", "sd2": "epsilon", "sd2-v": "v", "sdxl": "epsilon"}
-# kohya's ss_base_model_version values for SD 1.x / 2.x networks
-# (`model_util.get_model_version_str_for_sd1_sd2`: "sd" + "_v1" | "_v2", + "_v" when v-param.)
-# (SDXL: `sdxl_model_util.MODEL_VERSION_SDXL_BASE_V1_0` = "sdxl_base_v1-0")
-KOHYA_BASE_VERSION = {
-    "sd1": "sd_v1",
-    "sd2": "sd_v2",
-    "sd2-v": "sd_v2_v",
-    "sdxl": "sdxl_base_v1-0",
-}
-ADAPTER_LORA = "lora"
+# The per-architecture IDs (`modelspec.architecture`, kohya's `ss_base_model_version`) live in
+# the architecture table, `sepme_engine.models.arch.ARCHS`.
 HASH_KEY = "modelspec.hash_sha256"
 
 IMPL_LDM = "https://github.com/Stability-AI/generative-models"
 IMPL_DIFFUSERS = "diffusers"
 
 
-def check_arch(arch: str) -> str:
-    if arch not in ARCHS:
-        raise InvalidInput(f"unknown architecture {arch!r}", hint=f"use one of: {', '.join(ARCHS)}")
-    return arch
-
-
-def normalize_prediction_type(prediction_type: str) -> str:
-    """modelspec spelling: "v" or "epsilon" (accepts diffusers' "v_prediction")."""
-    p = {"v_prediction": "v", "v": "v", "epsilon": "epsilon", "eps": "epsilon"}.get(prediction_type)
-    if p is None:
-        raise InvalidInput(
-            f"unsupported prediction type {prediction_type!r}",
-            hint="Stable Diffusion 1.x/2.x predict epsilon or v",
-        )
-    return p
+def modelspec_prediction(prediction_type: str) -> str:
+    """The modelspec spelling of a prediction type: "epsilon" or "v" (diffusers' "v_prediction"
+    is sepme's own spelling; see `arch.normalize_prediction_type`)."""
+    return "v" if normalize_prediction_type(prediction_type) == "v_prediction" else "epsilon"
 
 
 def erased_description(erased: Sequence[str], arch: str = "sd1") -> str:
-    model = "Stable Diffusion XL" if arch == "sdxl" else "Stable Diffusion"
+    model = arch_facts(arch).model_name
     if not erased:
         return f"{model} exported by sepme with no concept erased."
     names = ", ".join(erased)
@@ -78,13 +49,14 @@ def modelspec_metadata(
 ) -> dict[str, str]:
     """The `modelspec.*` keys for an exported checkpoint (or, with `lora=True`, a LoRA).
 
-    `arch` is "sd1" | "sd2" | "sd2-v" | "sdxl"; `prediction_type` defaults to the arch's ("v" for sd2-v);
-    `resolution` defaults to "512x512" ("768x768" for sd2-v); `date` to today (ISO-8601);
-    `description` to one listing the erased concepts.
+    `arch` is a key of `models.arch.ARCHS`; `prediction_type` (either spelling) defaults to the
+    arch's and is written the modelspec way ("v" for sd2-v); `resolution` defaults to the arch's
+    native size ("768x768" for sd2-v); `date` to today (ISO-8601); `description` to one listing
+    the erased concepts.
     """
-    check_arch(arch)
-    pred = normalize_prediction_type(prediction_type or DEFAULT_PREDICTION[arch])
-    architecture = ARCHITECTURE_IDS[arch] + (f"/{ADAPTER_LORA}" if lora else "")
+    facts = arch_facts(arch)
+    pred = modelspec_prediction(prediction_type or facts.prediction_type)
+    architecture = facts.modelspec_lora_architecture if lora else facts.modelspec_architecture
     return {
         "modelspec.sai_model_spec": "1.0.0",
         "modelspec.architecture": architecture,
@@ -92,6 +64,6 @@ def modelspec_metadata(
         "modelspec.title": title,
         "modelspec.description": description or erased_description(erased, arch),
         "modelspec.date": date or _dt.date.today().isoformat(),
-        "modelspec.resolution": resolution or DEFAULT_RESOLUTION[arch],
+        "modelspec.resolution": resolution or facts.resolution,
         "modelspec.prediction_type": pred,
     }

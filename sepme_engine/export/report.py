@@ -1,4 +1,4 @@
-"""The export report, export dtypes, peak-memory tracking and the canonical composition rule."""
+"""The export report, export dtypes, peak-memory tracking and the delta/weight fit check."""
 
 from __future__ import annotations
 
@@ -12,12 +12,10 @@ from pathlib import Path
 import torch
 
 from sepme_engine.errors import BaseMismatch, InvalidInput
+from sepme_engine.models.arch import DTYPES, dtype_name, torch_dtype
 
-EXPORT_DTYPES: dict[str, torch.dtype] = {
-    "fp16": torch.float16,
-    "bf16": torch.bfloat16,
-    "fp32": torch.float32,
-}
+# The export precisions: the dtype table's short names (`models.arch.DTYPES`) as torch dtypes.
+EXPORT_DTYPES: dict[str, torch.dtype] = {name: torch_dtype(name) for name in DTYPES}
 
 
 @dataclass(frozen=True)
@@ -48,17 +46,13 @@ class ExportReport:
 
 def parse_dtype(dtype: str | torch.dtype) -> tuple[str, torch.dtype]:
     """("fp16", torch.float16) from "fp16"/"float16"/torch.float16 (also bf16, fp32)."""
-    if isinstance(dtype, torch.dtype):
-        for name, d in EXPORT_DTYPES.items():
-            if d == dtype:
-                return name, d
-    else:
-        key = {"float16": "fp16", "half": "fp16", "bfloat16": "bf16", "float32": "fp32"}.get(
-            dtype, dtype
-        )
-        if key in EXPORT_DTYPES:
-            return key, EXPORT_DTYPES[key]
-    raise InvalidInput(f"unsupported export dtype {dtype!r}", hint="use fp16, bf16 or fp32")
+    try:
+        name = dtype_name(dtype)
+    except InvalidInput:
+        raise InvalidInput(
+            f"unsupported export dtype {dtype!r}", hint="use fp16, bf16 or fp32"
+        ) from None
+    return name, EXPORT_DTYPES[name]
 
 
 def peak_rss_bytes() -> int:
@@ -77,29 +71,6 @@ class Meter:
     def done(self) -> tuple[float, int, int]:
         peak = peak_rss_bytes()
         return time.perf_counter() - self.t0, peak, max(0, peak - self.rss0)
-
-
-def compose_weight(
-    w_base: torch.Tensor, delta: torch.Tensor | None, out_dtype: torch.dtype
-) -> torch.Tensor:
-    """The canonical composition: (W_base.to(float32) + D).to(out_dtype).
-
-    Without a delta, floating weights are only cast; non-floating buffers keep their dtype.
-    """
-    if delta is None:
-        if not w_base.is_floating_point():
-            return w_base
-        return w_base.to(out_dtype)
-    return (w_base.to(torch.float32) + delta.to(w_base.device, torch.float32)).to(out_dtype)
-
-
-def compose_source(w_base: torch.Tensor, delta: torch.Tensor | None) -> torch.Tensor:
-    """The composed weight before the cast to the export dtype: W_base itself (no copy) without a
-    delta, W_base.to(float32) + D with one. The streaming writer applies `.to(out_dtype)` slice by
-    slice, so the bytes written are exactly `compose_weight(w_base, delta, out_dtype)`."""
-    if delta is None:
-        return w_base
-    return w_base.to(torch.float32) + delta.to(w_base.device, torch.float32)
 
 
 def check_deltas(

@@ -18,6 +18,7 @@ from sepme_engine.bases import get_base, load_base
 from sepme_engine.compose import composition_deltas, selection
 from sepme_engine.errors import AlreadyExists, InvalidInput
 from sepme_engine.increments import get_increment, load_increment
+from sepme_engine.models.arch import DTYPES
 from sepme_engine.models.configs import PROFILE_METADATA_KEY
 from sepme_engine.store import SCHEMA_VERSION, Store
 
@@ -65,7 +66,7 @@ def export(
     """Export the base with a composition (default: its active set); returns an ExportReport."""
     out = Path(out)
     fmt = guess_format(out, fmt)
-    if dtype not in ("fp16", "bf16", "fp32"):
+    if dtype not in DTYPES:
         raise InvalidInput(f"unknown dtype {dtype!r}", hint="use fp16, bf16 or fp32")
     if rank is not None and fmt != "lora":
         raise InvalidInput("--rank applies to --format lora only")

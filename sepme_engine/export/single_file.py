@@ -20,39 +20,32 @@ from typing import Any
 
 import torch
 
+from sepme_engine.delta.composition import compose_source
 from sepme_engine.errors import InvalidInput, UnsupportedModel
-from sepme_engine.export.modelspec import (
-    ARCHS,
-    HASH_KEY,
-    check_arch,
-    modelspec_metadata,
-    normalize_prediction_type,
-)
+from sepme_engine.export.modelspec import HASH_KEY, modelspec_metadata
 from sepme_engine.export.report import (
     ExportReport,
     Meter,
     check_deltas,
-    compose_source,
     parse_dtype,
 )
 from sepme_engine.export.safetensors_writer import TensorEntry, constant, write_safetensors
+from sepme_engine.models.arch import arch_facts, arch_for, normalize_prediction_type
 from sepme_engine.models.configs import CONFIGS_METADATA_KEY, pipeline_configs
 from sepme_engine.models.ldm_keys import LdmEntry, ldm_key_map, openclip_padding
 
 
 def _prediction_type(pipe: Any, arch: str) -> str:
-    """modelspec spelling of the pipeline scheduler's prediction type, checked against arch."""
+    """The pipeline scheduler's prediction type ("epsilon" | "v_prediction"; the arch's when the
+    scheduler names none), checked against an arch that pins it (sd2 / sd2-v)."""
+    facts = arch_facts(arch)
     raw = getattr(getattr(pipe, "scheduler", None), "config", {}).get("prediction_type")
-    pred = normalize_prediction_type(raw) if raw else ("v" if arch == "sd2-v" else "epsilon")
-    if arch == "sd2-v" and pred != "v":
+    pred = normalize_prediction_type(raw) if raw else facts.prediction_type
+    if facts.pins_prediction_type and pred != facts.prediction_type:
         raise InvalidInput(
-            "arch sd2-v is v-prediction but the pipeline's scheduler predicts epsilon",
-            hint="export with arch sd2, or fix the base's prediction type",
-        )
-    if arch == "sd2" and pred == "v":
-        raise InvalidInput(
-            "the pipeline's scheduler is v-prediction but arch sd2 is epsilon",
-            hint="export with arch sd2-v",
+            f"arch {arch} is {facts.prediction_type} but the pipeline's scheduler predicts {pred}",
+            hint=f"export with arch {arch_for(facts.family, pred)}, or fix the base's "
+            "prediction type",
         )
     return pred
 
@@ -110,7 +103,7 @@ def ldm_entries(
 
         entries.append(TensorEntry(e.ldm_key, dt, _meta_shape(e, sources), make))
 
-    if arch in ("sd2", "sd2-v"):
+    if arch_facts(arch).text_encoder == "open_clip":  # SD 2.x
         n_layers = int(getattr(pipe.text_encoder.config, "num_hidden_layers", 0))
         if pad_openclip and n_layers != 23:
             raise InvalidInput(
@@ -140,8 +133,8 @@ def export_single_file(
 ) -> ExportReport:
     """Write `pipe` + `deltas` as one LDM `.safetensors` at `out` (complete or absent).
 
-    `deltas` maps UNet module names (`...attn2.to_k`) to float32 ΔW. `arch` is "sd1", "sd2",
-    "sd2-v" or "sdxl". Metadata: `modelspec.*` (title, description listing `erased`, resolution,
+    `deltas` maps UNet module names (`...attn2.to_k`) to float32 ΔW. `arch` is a key of
+    `models.arch.ARCHS`. Metadata: `modelspec.*` (title, description listing `erased`, resolution,
     prediction type from the scheduler), `sepme.configs` (the pipeline's configs as JSON, so
     non-standard models can be re-imported), `sepme.arch`, then the caller's `metadata`
     (provenance: sepme.schema_version, sepme.version, sepme.base_digest, sepme.increments...)
@@ -152,7 +145,7 @@ def export_single_file(
     not fit the UNet), UnsupportedModel (keys the LDM layout cannot place), AlreadyExists.
     """
     meter = Meter()
-    check_arch(arch)
+    arch_facts(arch)
     dtype_name, tdtype = parse_dtype(dtype)
     pred = _prediction_type(pipe, arch)
     entries = ldm_entries(pipe, deltas, arch, tdtype, pad_openclip=pad_openclip)
@@ -197,8 +190,8 @@ def _resolution(pipe: Any, arch: str) -> str:
         scale = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
         side = sample * scale
     except (AttributeError, TypeError):  # pragma: no cover - every SD pipeline has these
-        side = {"sd2-v": 768, "sdxl": 1024}.get(arch, 512)
+        return arch_facts(arch).resolution
     return f"{side}x{side}"
 
 
-__all__ = ["ARCHS", "HASH_KEY", "export_single_file", "ldm_entries"]
+__all__ = ["HASH_KEY", "export_single_file", "ldm_entries"]

@@ -32,7 +32,7 @@ CONFIGS_METADATA_KEY = "sepme.configs"
 # ignores keys that start with "_").
 PROFILE_METADATA_KEY = "sepme.profile"
 MODEL_INDEX_KEY = "_sepme"
-KNOWN_PROFILES = ("toy", "sd1", "sd2", "sd2-v", "sdxl")
+KNOWN_PROFILES = ("toy", *ARCHS)  # settings profiles: the toy world and every architecture
 # config keys that hold where a model was loaded from (a local path): never exported
 LOCAL_PATH_KEYS = ("_name_or_path",)
 COMPONENT_FILES = {
@@ -45,7 +45,7 @@ COMPONENT_FILES = {
 # SDXL's second text encoder (its second tokenizer is the configs' "tokenizer_2")
 XL_COMPONENT_FILES = {"text_encoder_2": "text_encoder_2/config.json"}
 XL_PIPELINE = "StableDiffusionXLPipeline"
-SHIPPED_NAMES = ("sd15", "sd21-base", "sd21", "sdxl-base")
+SHIPPED_NAMES = tuple(a.shipped_config for a in ARCHS.values())
 
 
 def is_xl(configs: dict[str, Any]) -> bool:
@@ -54,8 +54,8 @@ def is_xl(configs: dict[str, Any]) -> bool:
 
 
 def shipped_configs(arch_or_name: str) -> dict[str, Any]:
-    """The shipped configs for an architecture ("sd1", "sd2", "sd2-v") or a folder name
-    ("sd15", "sd21-base", "sd21"), as a configs dict (a fresh copy)."""
+    """The shipped configs for an architecture (a key of `arch.ARCHS`) or a folder name
+    (`SHIPPED_NAMES`: "sd15", "sd21-base", ...), as a configs dict (a fresh copy)."""
     name = ARCHS[arch_or_name].shipped_config if arch_or_name in ARCHS else arch_or_name
     if name not in SHIPPED_NAMES:
         raise InvalidInput(f"no shipped config {arch_or_name!r}", hint=f"one of {SHIPPED_NAMES}")

@@ -113,7 +113,7 @@ class SourceInfo:
 
     @property
     def family(self) -> str:
-        return self.arch if self.arch in ("sd1", "sdxl") else "sd2"
+        return ARCHS[self.arch].family
 
 
 # ---------------------------------------------------------------------------------------------
@@ -393,10 +393,9 @@ def _prediction_for_file(
         return ("v_prediction" if spec_arch.endswith("-v") else "epsilon"), "metadata"
     if "v_pred" in keys:
         return "v_prediction", "v_pred key"
-    if family == "sd1":
-        return "epsilon", "default"
-    if family == "sdxl":
-        return "epsilon", "default"  # SDXL base; v-prediction derivatives say so in metadata
+    members = [a for a in ARCHS.values() if a.family == family]
+    if len(members) == 1:  # SD 1.x, SDXL base: v-prediction derivatives say so in metadata
+        return members[0].prediction_type, "default"
     values = read_tensor(V_PRED_PROBE) if read_tensor is not None else None
     if values:
         std = _population_std(values)

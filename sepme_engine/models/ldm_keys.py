@@ -195,14 +195,13 @@ def apply_transform(transform: str, tensors: Sequence[torch.Tensor]) -> torch.Te
 
 
 def text_encoder_style(arch: str) -> str:
-    """ "clip" (SD1, OpenAI CLIP layout), "open_clip" (SD2) or "sdxl" (both, SDXL prefixes)."""
-    if arch == "sd1":
-        return "clip"
-    if arch == "sdxl":
-        return "sdxl"
-    if arch in ("sd2", "sd2-v"):
-        return "open_clip"
-    raise ValueError(f"unknown architecture {arch!r} (expected sd1, sd2, sd2-v or sdxl)")
+    """The arch's text encoder kind (`ArchFacts.text_encoder`): "clip" (SD1, OpenAI CLIP
+    layout), "open_clip" (SD2) or "clip+open_clip" (SDXL: both, under SDXL's prefixes)."""
+    from sepme_engine.models.arch import ARCHS
+
+    if arch not in ARCHS:
+        raise ValueError(f"unknown architecture {arch!r} (expected one of {', '.join(ARCHS)})")
+    return ARCHS[arch].text_encoder
 
 
 def _strip_text_model(key: str) -> str:
@@ -483,14 +482,14 @@ def ldm_key_map(keys: Mapping[str, Iterable[str]], arch: str) -> list[LdmEntry]:
     """The full LDM layout of a pipeline, one entry per LDM tensor, in a stable order.
 
     `keys` maps "unet", "vae", "text_encoder" to that component's diffusers state-dict keys (e.g.
-    `pipe.unet.state_dict().keys()`; SDXL also "text_encoder_2"); `arch` is "sd1", "sd2",
-    "sd2-v" or "sdxl" (it picks the text-encoder layout). A missing or empty component is skipped (e.g. a text-encoder-only map).
+    `pipe.unet.state_dict().keys()`; SDXL also "text_encoder_2"); `arch` is a key of
+    `models.arch.ARCHS` (its text encoder kind picks the text-encoder layout). A missing or empty component is skipped (e.g. a text-encoder-only map).
     Raises ValueError naming any key the map cannot place.
     """
     style = text_encoder_style(arch)
     unet, vae, text = (list(keys.get(c, ())) for c in COMPONENTS)
     text_2 = list(keys.get("text_encoder_2", ()))
-    if style == "sdxl":
+    if style == "clip+open_clip":
         texts = (_text_entries(text, "clip", SDXL_CLIP_PREFIX) if text else []) + (
             _text_entries(text_2, "open_clip", SDXL_OPENCLIP_PREFIX, "text_encoder_2")
             if text_2
@@ -501,7 +500,7 @@ def ldm_key_map(keys: Mapping[str, Iterable[str]], arch: str) -> list[LdmEntry]:
     else:
         texts = _text_entries(text, style) if text else []
     entries = (
-        (_unet_entries(unet, style == "sdxl") if unet else [])
+        (_unet_entries(unet, style == "clip+open_clip") if unet else [])
         + (_vae_entries(vae) if vae else [])
         + texts
     )

@@ -26,7 +26,12 @@ from typing import Any
 import torch
 
 from sepme_engine.errors import InvalidInput, OfflineError, UnsupportedModel
-from sepme_engine.models.arch import ARCHS, normalize_prediction_type, resolve_device
+from sepme_engine.models.arch import (
+    ARCHS,
+    arch_facts,
+    normalize_prediction_type,
+    resolve_device,
+)
 from sepme_engine.models.configs import (
     CONFIGS_METADATA_KEY,
     set_prediction_type,
@@ -121,13 +126,13 @@ def pipeline_class(arch: str) -> Any:
     """The diffusers pipeline class for an architecture."""
     import diffusers
 
-    return (
-        diffusers.StableDiffusionXLPipeline if arch == "sdxl" else diffusers.StableDiffusionPipeline
-    )
+    return getattr(diffusers, arch_facts(arch).pipeline)
 
 
 def _pipeline_kwargs(arch: str) -> dict[str, Any]:
-    return {} if arch == "sdxl" else {"safety_checker": None, "requires_safety_checker": False}
+    if arch_facts(arch).pipeline == "StableDiffusionXLPipeline":  # it has no safety checker
+        return {}
+    return {"safety_checker": None, "requires_safety_checker": False}
 
 
 def _from_single_file(path: Path, config_dir: Path, dtype: torch.dtype, arch: str) -> Any:
@@ -181,7 +186,7 @@ def _from_state_dict(checkpoint: dict[str, Any], config_dir: Path, dtype: torch.
 
 def _needs_renaming(info: SourceInfo) -> bool:
     return (
-        info.arch != "sdxl"
+        ARCHS[info.arch].n_text_encoders == 1
         and bool(info.text_prefix)
         and info.text_prefix not in (CLIP_PREFIX, OPENCLIP_PREFIX)
     )
@@ -192,7 +197,7 @@ def _canonical_text_layout(sd: dict[str, Any], info: SourceInfo) -> dict[str, An
     rename the old CompVis and the SGM layouts the same way); other keys unchanged."""
     if not _needs_renaming(info):
         return sd
-    canonical = CLIP_PREFIX if info.family == "sd1" else OPENCLIP_PREFIX
+    canonical = CLIP_PREFIX if ARCHS[info.arch].text_encoder == "clip" else OPENCLIP_PREFIX
     return {canonical_text_key(k, info.text_prefix, canonical): v for k, v in sd.items()}
 
 
@@ -235,19 +240,17 @@ def load_pipeline(
 
     `source` may be a path, a hub id / short name, or the `SourceInfo` of `inspect_source`.
     `kind` ("diffusers" | "single_file" | "hub"), when given, must match what is found.
-    `arch` ("sd1" | "sd2" | "sd2-v") picks the shipped config for a single file without embedded
-    configs; "sd2" / "sd2-v" also fix the prediction type (epsilon / v_prediction) unless
-    `prediction_type` is given. It must agree with the detected family (CLIP vs OpenCLIP).
+    `arch` (a key of `arch.ARCHS`) picks the shipped config for a single file without embedded
+    configs; an arch that pins its prediction type (sd2 / sd2-v) also fixes it unless
+    `prediction_type` is given. Its text encoder must agree with the detected one.
     `prediction_type` overrides the scheduler's prediction type. `configs` (the `sepme.configs`
     structure, see `configs.py`) replaces a single file's embedded/shipped configs, e.g. to load
     a pickle or a non-standard model whose diffusers configs are known.
     """
     dev = resolve_device(device)
     override = normalize_prediction_type(prediction_type) if prediction_type else None
-    if arch is not None and arch not in ARCHS:
-        raise InvalidInput(f"unknown architecture {arch!r}", hint=f"one of {', '.join(ARCHS)}")
-    if override is None and arch is not None:
-        override = ARCHS[arch].prediction_type if arch.startswith("sd2") else None
+    if override is None and arch is not None and arch_facts(arch).pins_prediction_type:
+        override = ARCHS[arch].prediction_type
     if isinstance(source, SourceInfo):
         info = source
         if override is not None and override != info.prediction_type:
@@ -285,7 +288,7 @@ def load_pipeline(
             with tempfile.TemporaryDirectory(prefix="sepme-config-") as tmp:
                 config_dir = write_config_dir(cfgs, Path(tmp) / "config")
                 try:
-                    if info.file_format == "pickle" and info.arch == "sdxl":
+                    if info.file_format == "pickle" and ARCHS[info.arch].n_text_encoders == 2:
                         raise UnsupportedModel(
                             f"{info.path.name} is an SDXL pickle checkpoint; sepme reads SDXL "
                             "single files as .safetensors only",

@@ -24,7 +24,7 @@ import json
 import os
 import re
 import shutil
-import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +40,7 @@ from sepme_engine.errors import (
 )
 from sepme_engine.names import slugify
 from sepme_engine.store import faults
-from sepme_engine.store.atomic import _fsync_dir, clean_stale, write_json
+from sepme_engine.store.atomic import Staged, atomic_write, clean_stale, temp_name, write_json
 from sepme_engine.store.schema import DIGEST, HINT, blob_error, check_manifest, kind_of
 
 SCHEMA_VERSION = 1
@@ -121,8 +121,6 @@ class Store:
             lock_timeout = float(os.environ.get("SEPME_LOCK_TIMEOUT", "600"))
         self.lock_timeout = lock_timeout
         self.on_lock_wait: Callable[[str], None] | None = None
-        self._lock: Any = None
-        self._depth = 0
 
     # -- layout ---------------------------------------------------------------------------
     @property
@@ -140,10 +138,6 @@ class Store:
     @property
     def views_dir(self) -> Path:
         return self.root / "views"
-
-    @property
-    def config_path(self) -> Path:
-        return self.root / "config.toml"
 
     def ensure(self) -> None:
         for d in (self.blobs_dir, self.tmp_dir, self.root / "manifests"):
@@ -187,18 +181,12 @@ class Store:
     # -- lock -----------------------------------------------------------------------------
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
-        """Hold the store lock (re-entrant within this object). Says so when it has to wait."""
-        if self._depth:
-            self._depth += 1
-            try:
-                yield
-            finally:
-                self._depth -= 1
-            return
-        from filelock import FileLock, Timeout
+        """Hold the store lock. Re-entrant: every Store of this root in this process shares one
+        `FileLock`, which counts nested acquisitions. Says so when it has to wait."""
+        from filelock import Timeout
 
         self.root.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(str(self.root / "store.lock"))
+        lock = _store_lock(self.root)
         try:
             lock.acquire(timeout=0.2)
         except Timeout:
@@ -211,11 +199,9 @@ class Store:
                     f"another sepme process holds the store lock ({self.root / 'store.lock'})",
                     hint="wait for it to finish, or raise SEPME_LOCK_TIMEOUT",
                 ) from exc
-        self._depth = 1
         try:
             yield
         finally:
-            self._depth = 0
             lock.release()
 
     # -- blobs ----------------------------------------------------------------------------
@@ -266,13 +252,9 @@ class Store:
         return p.is_file() and p.stat().st_size == ref.size
 
     def incomplete_path(self, name: str) -> Path:
-        """A fresh `.incomplete` path in tmp/ for a file being written (caller renames or removes)."""
+        """A fresh `.incomplete` path in tmp/ for a scratch file (caller renames or removes)."""
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(
-            prefix=f"{name}.{os.getpid()}.", suffix=".incomplete", dir=self.tmp_dir
-        )
-        os.close(fd)
-        return Path(tmp)
+        return temp_name(self.tmp_dir, name)
 
     def put_blob_file(
         self, src: Path, *, move: bool = False, progress: Callable[[int], None] | None = None
@@ -280,53 +262,43 @@ class Store:
         """Copy (or move) `src` into blobs/, hashing on the way. Idempotent for equal content."""
         src = Path(src)
         self.ensure()
-        tmp = self.incomplete_path("blob")
-        try:
+        with self._staged_blob() as staged:
             h = hashlib.sha256()
             size = 0
-            with src.open("rb") as fin, tmp.open("wb") as fout:
+            with src.open("rb") as fin, staged.path.open("xb") as fout:
                 while chunk := fin.read(CHUNK):
                     h.update(chunk)
                     fout.write(chunk)
                     size += len(chunk)
                     if progress:
                         progress(len(chunk))
-                fout.flush()
-                os.fsync(fout.fileno())
             ref = BlobRef("sha256:" + h.hexdigest(), size)
-            dest = self.blob_path(ref)
-            faults.point("blob.before-rename")
-            if dest.exists() and dest.stat().st_size == size:
-                tmp.unlink()
-            else:
-                os.replace(tmp, dest)
-                _fsync_dir(dest.parent)
-                self._record_checked(ref, dest)
-            if move:
-                src.unlink()
-            return ref
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-            raise
+            staged.dest = self.blob_path(ref)
+            staged.keep_existing = staged.dest.exists() and staged.dest.stat().st_size == size
+        if not staged.keep_existing:
+            self._record_checked(ref, staged.dest)
+        if move:
+            src.unlink()
+        return ref
 
     def put_blob_bytes(self, data: bytes) -> BlobRef:
         self.ensure()
         ref = BlobRef("sha256:" + hashlib.sha256(data).hexdigest(), len(data))
         if not self.has_blob(ref):
-            tmp = self.incomplete_path("blob")
-            try:
-                with tmp.open("wb") as fh:
-                    fh.write(data)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                faults.point("blob.before-rename")
-                os.replace(tmp, self.blob_path(ref))
-            except BaseException:
-                with contextlib.suppress(FileNotFoundError):
-                    tmp.unlink()
-                raise
+            with self._staged_blob() as staged:
+                staged.path.write_bytes(data)
+                staged.dest = self.blob_path(ref)
         return ref
+
+    def _staged_blob(self) -> contextlib.AbstractContextManager[Staged]:
+        """A blob staged in tmp/ (`blob.<pid>.<rand>.incomplete`); the caller sets its
+        destination once the content is hashed."""
+        return atomic_write(
+            None,
+            folder=self.tmp_dir,
+            prefix="blob",
+            before_rename=lambda: faults.point("blob.before-rename"),
+        )
 
     def view(self, key: str, files: dict[str, BlobRef]) -> Path:
         """A folder whose files (hard links to blobs) give blobs their original relative names.
@@ -340,15 +312,11 @@ class Store:
         with self.locked():
             if marker.exists():
                 return dest
-            self.tmp_dir.mkdir(parents=True, exist_ok=True)
-            tmp = Path(
-                tempfile.mkdtemp(
-                    prefix=f"{key}.{os.getpid()}.", suffix=".incomplete", dir=self.tmp_dir
-                )
-            )
-            try:
+            if dest.exists() or dest.is_symlink():  # an unfinished view: never through a link
+                self.safe_delete(dest)
+            with atomic_write(dest, folder=self.tmp_dir, prefix=key, directory=True) as staged:
                 for rel, ref in files.items():
-                    target = tmp / rel
+                    target = staged.path / rel
                     target.parent.mkdir(parents=True, exist_ok=True)
                     blob = self.blob_path(ref)
                     if not blob.exists():
@@ -360,14 +328,7 @@ class Store:
                         os.link(blob, target)
                     except OSError:
                         shutil.copyfile(blob, target)
-                (tmp / ".complete").write_text("")
-                if dest.exists() or dest.is_symlink():
-                    self.safe_delete(dest)
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(tmp, dest)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
+                (staged.path / ".complete").write_text("")
         return dest
 
     # -- manifests ------------------------------------------------------------------------
@@ -478,6 +439,23 @@ class Store:
             state.update(changes)
             state["schema_version"] = SCHEMA_VERSION
             write_json(self.root / "state.json", state)
+
+
+_LOCKS: dict[str, Any] = {}
+_LOCKS_GUARD = threading.Lock()
+
+
+def _store_lock(root: Path) -> Any:
+    """The one `FileLock` of the store at `root` in this process (keyed by the real path of its
+    lock file, so `Store(p)` and `Store(Path(p).resolve())` share it)."""
+    from filelock import FileLock
+
+    path = os.path.realpath(root / "store.lock")
+    with _LOCKS_GUARD:
+        lock = _LOCKS.get(path)
+        if lock is None:
+            lock = _LOCKS[path] = FileLock(path)
+        return lock
 
 
 def _valid_key(key: str) -> bool:
