@@ -51,7 +51,7 @@ def add(
             progress=progress,
         )
     if json_out:
-        print_json(info.to_json())
+        print_json(info.to_dict())
         return
     how = "linked" if info.linked else "copied"
     out.print(
@@ -67,7 +67,7 @@ def list_(json_out: JsonOpt = False) -> None:
     """List the bases in the store."""
     infos = bases.list_bases(open_store())
     if json_out:
-        print_json([i.to_json() for i in infos])
+        print_json([i.to_dict() for i in infos])
         return
     rows = [
         (
@@ -99,7 +99,7 @@ def show(name: BaseArg, json_out: JsonOpt = False) -> None:
     """Show one base in full."""
     info = bases.get_base(open_store(), name)
     if json_out:
-        print_json(info.to_json())
+        print_json(info.to_dict())
         return
     rows = [
         ("name", info.name + (" (default)" if info.is_default else "")),

@@ -70,7 +70,7 @@ def compose(
         force=force,
     )
     if json_out:
-        print_json(result.to_json())
+        print_json(result.to_dict())
         return
     out.print(f"{result.base}: erased {', '.join(result.active) or 'nothing'}")
     if result.added or result.removed:
@@ -84,7 +84,7 @@ def compose(
 def _list_variants(base: str | None, json_out: bool) -> None:
     items = engine.list_variants(open_store(), base)
     if json_out:
-        print_json([v.to_json() for v in items])
+        print_json([v.to_dict() for v in items])
         return
     out.print(
         table(
@@ -131,7 +131,7 @@ def rm(
     confirm(f"Remove {what}?", yes)
     engine.remove_variant(store, base, v.name)
     if json_out:
-        print_json({"removed": v.to_json()})
+        print_json({"removed": v.to_dict()})
         return
     out.print(f"removed {what}")
 
@@ -149,6 +149,6 @@ def mv(
     """Rename a saved variant (refuses to replace another without --force)."""
     v = engine.rename_variant(open_store(), base, old, new, force=force)
     if json_out:
-        print_json(v.to_json())
+        print_json(v.to_dict())
         return
     out.print(f"renamed variant {old} to {v.name} on {v.base}")

@@ -250,7 +250,7 @@ def erase(
     with _progress() as on_event:
         report = run_erase(store, concepts or [], on_event=on_event, **common)
     if json_out:
-        print_json(report.to_json())
+        print_json(report.to_dict())
         return
     rows = [
         (
@@ -378,7 +378,7 @@ def _erase_list(
         )
     if rank == 0:
         if json_out:
-            print_json(report.to_json())
+            print_json(report.to_dict())
         else:
             rows = [
                 (r.concept, r.status, r.verdict or "–", r.iterations or "–", f"{r.wall_s:.1f}s",
@@ -442,7 +442,7 @@ def list_(base: BaseOpt = None, json_out: JsonOpt = False) -> None:
     info = get_base(store, base)
     incs = list_increments(store, info.name)
     if json_out:
-        print_json([i.to_json() for i in incs])
+        print_json([i.to_dict() for i in incs])
         return
     rows = [
         (
@@ -485,7 +485,7 @@ def show(
     store = open_store()
     inc = get_increment(store, get_base(store, base).name, concept)
     if json_out:
-        print_json(inc.to_json())
+        print_json(inc.to_dict())
         return
     rows: list[tuple[str, Any]] = [
         ("concept", inc.concept),

@@ -70,20 +70,8 @@ def export(
             force=force,
             progress=progress,
         )
-    data = {
-        "path": str(report.path),
-        "format": report.format,
-        "dtype": report.dtype,
-        "n_tensors": report.n_tensors,
-        "bytes_written": report.bytes_written,
-        "wall_s": report.wall_s,
-        "peak_rss_bytes": report.peak_rss_bytes,
-        "rank": report.rank,
-        "relative_error": report.relative_error,
-        "max_layer_relative_error": report.max_layer_relative_error,
-    }
     if json_out:
-        print_json(data)
+        print_json(report.to_dict())
         return
     out.print(str(report.path))
     line = f"{report.format}, {report.dtype}, {report.n_tensors} tensors, {human_size(report.bytes_written)} in {report.wall_s:.1f}s, peak RSS {human_size(report.peak_rss_bytes)}"

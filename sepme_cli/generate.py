@@ -77,7 +77,7 @@ def generate(
             progress=progress,
         )
     if json_out:
-        print_json(report.to_json())
+        print_json(report.to_dict())
         return
     out.print(report.path)
     for prompt, tokens, limit in report.truncated:
@@ -152,14 +152,10 @@ def eval_(
             compare=compare,
             progress=progress,
         )
-    report = res.report
-    data = report.to_dict()
-    data["erased"] = list(res.erased)
-    if res.base_report is not None:
-        data["base"] = res.base_report.to_dict()
     if json_out:
-        print_json(data)
+        print_json(res.to_dict())
         return
+    report = res.report
     title = (
         f"toy world, erased: {', '.join(res.erased) or 'nothing'} — {report.n_per_prompt} "
         f"samples/prompt, {report.sampler} {report.steps} steps, guidance {report.guidance}"

@@ -39,7 +39,7 @@ def inspect(
         engine.plot(report, plot)
         err.print(f"heat maps written to {plot}")
     if json_out:
-        print_json(report.to_json(layers=layers))
+        print_json(report.to_dict(layers=layers))
         return
     rows = [
         (

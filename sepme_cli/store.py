@@ -28,15 +28,7 @@ def verify(json_out: JsonOpt = False) -> None:
     with step_progress("hashing blobs") as progress:
         report = maintenance.verify(store, progress=progress)
     if json_out:
-        print_json(
-            {
-                "root": report.root,
-                "ok": report.ok,
-                "blobs_checked": report.blobs_checked,
-                "manifests_checked": report.manifests_checked,
-                "problems": [p.__dict__ for p in report.problems],
-            }
-        )
+        print_json(report.to_dict())
     elif report.ok:
         out.print(f"ok: {report.blobs_checked} blobs, {report.manifests_checked} manifests")
     else:
@@ -59,13 +51,7 @@ def prune(dry_run: DryRunOpt = False, json_out: JsonOpt = False) -> None:
     """Remove unreferenced blobs, stale views and partial-write leftovers."""
     report = maintenance.prune(open_store(), dry_run=dry_run)
     if json_out:
-        print_json(
-            {
-                "dry_run": report.dry_run,
-                "removed": list(report.removed),
-                "bytes_freed": report.bytes_freed,
-            }
-        )
+        print_json(report.to_dict())
         return
     verb = "would remove" if dry_run else "removed"
     for p in report.removed:
@@ -117,7 +103,7 @@ def import_(
 
 def _moved(report: object, json_out: bool, summary: str) -> None:
     if json_out:
-        print_json(report.to_json())  # type: ignore[attr-defined]
+        print_json(report.to_dict())  # type: ignore[attr-defined]
         return
     rows = [(m.base, m.concept, m.status, m.digest[:19]) for m in report.items]  # type: ignore[attr-defined]
     out.print(table(None, ["base", "concept", "status", "blob"], rows))
@@ -156,13 +142,7 @@ def show(json_out: JsonOpt = False) -> None:
 
     cfg = load_config(open_store().root)
     if json_out:
-        print_json(
-            {
-                "path": cfg.path,
-                "exists": cfg.exists,
-                "settings": {s.key: {"value": s.value, "source": s.source} for s in cfg.settings},
-            }
-        )
+        print_json(cfg.to_dict())
         return
     err.print(f"config file: {cfg.path}" + ("" if cfg.exists else " (absent: built-in defaults)"))
     rows = [(s.key, _value(s.value), _source(s.source, cfg.path)) for s in cfg.settings]

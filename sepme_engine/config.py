@@ -207,6 +207,13 @@ class EffectiveConfig:
                 return s.value
         raise KeyError(key)
 
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "exists": self.exists,
+            "settings": {s.key: {"value": s.value, "source": s.source} for s in self.settings},
+        }
+
     def erase(self, arch: str) -> dict[str, Any]:
         prefix = f"erase.{arch}."
         return {s.key[len(prefix) :]: s.value for s in self.settings if s.key.startswith(prefix)}
