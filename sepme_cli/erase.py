@@ -207,7 +207,15 @@ def erase(
     force: ForceOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Train a per-concept increment that erases CONCEPT from the base."""
+    """Train a per-concept increment that erases CONCEPT from the base.
+
+    Examples:
+
+        $ sepme erase "Van Gogh"                             # on the default base
+        $ sepme erase circle stripes --base toy              # several: all-known, decoupled
+        $ sepme erase "Van Gogh" --preserve "a painting by Monet" --tau 1e-3
+        $ sepme erase --from-file concepts.txt --base sd15   # a list, resumable
+    """
     from sepme_engine.erase.run import erase as run_erase
 
     store = open_store()
@@ -434,7 +442,13 @@ def _evidence(o: Any) -> str:
 
 @app.command("list")
 def list_(base: BaseOpt = None, json_out: JsonOpt = False) -> None:
-    """List the base's increments."""
+    """List the base's increments.
+
+    Examples:
+
+        $ sepme list
+        $ sepme list --base sd15 --json
+    """
     from sepme_engine.bases import get_base
     from sepme_engine.increments import list_increments
 
@@ -478,7 +492,13 @@ def show(
     base: BaseOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Show one increment with its settings and preserved prompts."""
+    """Show one increment with its settings and preserved prompts.
+
+    Examples:
+
+        $ sepme show van-gogh
+        $ sepme show "Van Gogh" --base sd15 --json
+    """
     from sepme_engine.bases import get_base
     from sepme_engine.increments import get_increment
 
@@ -513,7 +533,13 @@ def rm(
     dry_run: DryRunOpt = False,
     yes: YesOpt = False,
 ) -> None:
-    """Remove an increment (and drop it from the active composition)."""
+    """Remove an increment (and drop it from the active composition).
+
+    Examples:
+
+        $ sepme rm van-gogh --dry-run
+        $ sepme rm van-gogh --yes
+    """
     from sepme_engine.bases import get_base
     from sepme_engine.increments import remove_increment
 

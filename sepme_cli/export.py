@@ -54,7 +54,14 @@ def export(
     force: ForceOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Export the base with its active composition (or a variant / --erase list)."""
+    """Export the base with its active composition (or a variant / --erase list).
+
+    Examples:
+
+        $ sepme export erased.safetensors                   # A1111/ComfyUI single file, fp16
+        $ sepme export erased-folder --format diffusers
+        $ sepme export painters-lora.safetensors --format lora --variant painters --rank 8
+    """
     from sepme_engine.export.run import export as run
 
     with step_progress(f"exporting {output.name}") as progress:

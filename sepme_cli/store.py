@@ -17,13 +17,25 @@ config_app = typer.Typer(help="Settings from config.toml in the store root.")
 
 @store_app.command("path")
 def path() -> None:
-    """Print the store root ($SEPME_HOME or the user data dir)."""
+    """Print the store root ($SEPME_HOME or the user data dir).
+
+    Examples:
+
+        $ sepme store path
+        $ SEPME_HOME=/data/sepme sepme store path
+    """
     out.print(str(open_store().root))
 
 
 @store_app.command("verify")
 def verify(json_out: JsonOpt = False) -> None:
-    """Re-hash blobs, check manifests' references, report leftovers. Exit 1 if anything is wrong."""
+    """Re-hash blobs, check manifests' references, report leftovers. Exit 1 if anything is wrong.
+
+    Examples:
+
+        $ sepme store verify
+        $ sepme store verify --json
+    """
     store = open_store()
     with step_progress("hashing blobs") as progress:
         report = maintenance.verify(store, progress=progress)
@@ -48,7 +60,13 @@ def verify(json_out: JsonOpt = False) -> None:
 
 @store_app.command("prune")
 def prune(dry_run: DryRunOpt = False, json_out: JsonOpt = False) -> None:
-    """Remove unreferenced blobs, stale views and partial-write leftovers."""
+    """Remove unreferenced blobs, stale views and partial-write leftovers.
+
+    Examples:
+
+        $ sepme store prune --dry-run
+        $ sepme store prune
+    """
     report = maintenance.prune(open_store(), dry_run=dry_run)
     if json_out:
         print_json(report.to_dict())
@@ -69,7 +87,13 @@ def export_increments(
     json_out: JsonOpt = False,
 ) -> None:
     """Copy the base's increments (manifests and blobs, bound to the base by digest) to FOLDER,
-    for `sepme store import` on another machine or store."""
+    for `sepme store import` on another machine or store.
+
+    Examples:
+
+        $ sepme store export-increments ./painters van-gogh monet --base sd15
+        $ sepme store export-increments ./all-increments
+    """
     from sepme_engine.transfer import export_increments as run
 
     report = run(open_store(), folder, base=base, concepts=concepts or None)
@@ -90,7 +114,13 @@ def import_(
     json_out: JsonOpt = False,
 ) -> None:
     """Import increments exported from another store: digests checked, each bound to the base
-    with the same digest here; nothing is written if any check fails."""
+    with the same digest here; nothing is written if any check fails.
+
+    Examples:
+
+        $ sepme store import ./painters --dry-run
+        $ sepme store import ./painters --no-apply
+    """
     from sepme_engine.transfer import import_increments
 
     report = import_increments(
@@ -132,6 +162,7 @@ def _show_help() -> str:
         "Settings are read from config.toml in the store root (`sepme store path`); command-line "
         "options override them. Keys, with an example each (docs/config.md has more):\n\n"
         + "\n".join(escape(line) for line in lines)
+        + "\n\nExamples:\n\n$ sepme config show\n$ sepme config show --json"
     )
 
 
