@@ -128,7 +128,7 @@ def config_help() -> str:
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "fp32", "fp16", "bf16")
 
-# The paper's values (METHOD.md) are the SD defaults; the toy base has its own, tuned on the toy world.
+# The paper's values (docs/method.md §7) are the SD defaults; the toy base has its own, tuned on the toy world.
 SD_ERASE_DEFAULTS: dict[str, Any] = {
     "steps": 1000,
     "lr": 1e-2,

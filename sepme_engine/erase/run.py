@@ -112,7 +112,7 @@ def build_e_k(
     preserve: Sequence[str] = (),
     default_preserve: Sequence[str] = (),
 ) -> list[str]:
-    """The prompts an increment for `prompt` must leave unchanged (METHOD.md's E_k, without the
+    """The prompts an increment for `prompt` must leave unchanged (docs/method.md §2's E_k, without the
     blank prompt, which `train_*` always adds first): the other concepts of this call, the
     concepts already erased on the base, the user's `--preserve` prompts, and the profile's default
     preserve prompts — except those that share words with the concept: one the concept's prompt
