@@ -122,7 +122,7 @@ NEXT_STEPS: dict[tuple[type[E.SepmeError], str], Callable[[E.SepmeError], str]] 
         f"(`sepme variants rm {_q(e.name)} --base {_q(e.base)}` removes it)"
     ),
     (E.BaseMismatch, "increment"): lambda e: (
-        "the base changed since; erase the concept again "
+        f"{e.hint or 'erase the concept again'} "
         f"(`sepme erase {_q(e.name)} --base {_q(e.base)} --force`)"
     ),
     (E.BaseMismatch, "export"): _hint_and("`sepme show CONCEPT` names its base"),
