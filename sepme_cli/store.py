@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -131,11 +131,12 @@ def import_(
     _moved(report, json_out, f"{verb} {new} increment(s), {len(report.items) - new} unchanged")
 
 
-def _moved(report: object, json_out: bool, summary: str) -> None:
+def _moved(report: Any, json_out: bool, summary: str) -> None:
+    """A TransferReport: its `to_dict()` with --json, else a table and the summary."""
     if json_out:
-        print_json(report.to_dict())  # type: ignore[attr-defined]
+        print_json(report.to_dict())
         return
-    rows = [(m.base, m.concept, m.status, m.digest[:19]) for m in report.items]  # type: ignore[attr-defined]
+    rows = [(m.base, m.concept, m.status, m.digest[:19]) for m in report.items]
     out.print(table(None, ["base", "concept", "status", "blob"], rows))
     err.print(summary)
 
