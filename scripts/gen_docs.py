@@ -52,9 +52,27 @@ def generated() -> dict[str, str]:
         ],
         env,
     )
-    files["docs/cli.md"] = out.read_text(encoding="utf-8")
+    files["docs/cli.md"] = _fence_examples(out.read_text(encoding="utf-8"))
     out.unlink()
     return files
+
+
+def _fence_examples(text: str) -> str:
+    """typer writes a docstring's indented example lines HTML-escaped (`&quot;`), which an
+    indented Markdown code block shows literally: fence them as `console` blocks, unescaped."""
+    import html
+
+    out: list[str] = []
+    block: list[str] = []
+    for line in [*text.split("\n"), ""]:
+        if line.startswith("    $ "):
+            block.append(html.unescape(line[4:]))
+            continue
+        if block:
+            out += ["```console", *block, "```"]
+            block = []
+        out.append(line)
+    return "\n".join(out[:-1])
 
 
 def main() -> int:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import shlex
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -14,8 +16,7 @@ import typer.core
 
 from sepme_engine import errors as E
 
-# Error class -> label printed before the message. The engine's message says what went wrong,
-# its hint says what to run next.
+# Error class -> label printed before the message.
 LABELS: dict[type[E.SepmeError], str] = {
     E.NotFound: "not found",
     E.AlreadyExists: "already exists",
@@ -50,11 +51,115 @@ def _clip(text: str, limit: int) -> str:
     return text[: limit - tail - 1] + "…" + text[-tail:]
 
 
+# -- the next step, in the CLI's words, from the error's data ---------------------------------
+def _q(name: str) -> str:
+    return shlex.quote(name)
+
+
+def _did_you_mean(exc: E.SepmeError) -> str:
+    if not exc.candidates:
+        return ""
+    return "did you mean " + " or ".join(_q(c) for c in exc.candidates) + "? "
+
+
+def _no_base(exc: E.SepmeError) -> str:
+    from sepme_engine.bases import KNOWN_BASES
+
+    q = _q(exc.name)
+    if exc.name in KNOWN_BASES:
+        step = (
+            f"add it with `sepme base add {q}` (downloads {KNOWN_BASES[exc.name]}) "
+            f"or `sepme base add {q} PATH`"
+        )
+    else:
+        step = f"add one with `sepme base add {q} PATH`; `sepme base list` shows the bases you have"
+    return _did_you_mean(exc) + step
+
+
+def _no_increment(exc: E.SepmeError) -> str:
+    create = f"create it with `sepme erase {_q(exc.name)} --base {_q(exc.base)}`"
+    if exc.candidates:
+        return _did_you_mean(exc) + create
+    return f"`sepme list --base {_q(exc.base)}` shows them; {create}"
+
+
+def _no_variant(exc: E.SepmeError) -> str:
+    return _did_you_mean(exc) + (
+        f"`sepme variants --base {_q(exc.base)}` lists them; "
+        "save one with `sepme compose --name NAME`"
+    )
+
+
+def _hint_and(step: str) -> Callable[[E.SepmeError], str]:
+    """The engine's own remedy, then the CLI's step ("; " between)."""
+    return lambda exc: f"{exc.hint}; {step}" if exc.hint else step
+
+
+# (error class, kind) -> the next step. The engine's message says what went wrong; this says
+# what to run next. Errors not listed show the engine's hint (a remedy in no command's words).
+NEXT_STEPS: dict[tuple[type[E.SepmeError], str], Callable[[E.SepmeError], str]] = {
+    (E.NotFound, "base"): _no_base,
+    (E.NotFound, "increment"): _no_increment,
+    (E.NotFound, "variant"): _no_variant,
+    (E.NotFound, "no-increments"): lambda e: (
+        f'erase some first: `sepme erase "CONCEPT" --base {_q(e.base)}`'
+    ),
+    (E.NotFound, "export-folder"): lambda e: "make one with `sepme store export-increments DIR`",
+    (E.NotFound, "linked-source"): lambda e: (
+        f"put it back, or `sepme base rm {_q(e.name)}` and add it again"
+    ),
+    (E.AlreadyExists, "base"): lambda e: (
+        f"choose another name, or `sepme base rm {_q(e.name)}` first (or pass --force)"
+    ),
+    (E.AlreadyExists, "increment"): lambda e: (
+        f"pass --force to replace it, or `sepme rm {_q(e.name)} --base {_q(e.base)}` first"
+    ),
+    (E.AlreadyExists, "increments"): lambda e: (
+        "pass --force to train them again, or `sepme rm` them first"
+    ),
+    (E.AlreadyExists, "variant"): lambda e: (
+        "pass --force to replace it, or choose another name "
+        f"(`sepme variants rm {_q(e.name)} --base {_q(e.base)}` removes it)"
+    ),
+    (E.BaseMismatch, "increment"): lambda e: (
+        f"{e.hint or 'erase the concept again'} "
+        f"(`sepme erase {_q(e.name)} --base {_q(e.base)} --force`)"
+    ),
+    (E.BaseMismatch, "export"): _hint_and("`sepme show CONCEPT` names its base"),
+    (E.BaseMismatch, "import"): lambda e: (
+        f"add the same checkpoint first (`sepme base add {_q(e.base)} PATH`), then import again"
+    ),
+    (E.CorruptEntry, "store"): lambda e: (
+        "run `sepme store verify`" + (f"; {e.hint}" if e.hint else "")
+    ),
+    (E.InvalidInput, "no-concept"): _hint_and('e.g. `sepme erase "Van Gogh"`'),
+    (E.InvalidInput, "no-increments"): lambda e: (
+        f'create one with `sepme erase "CONCEPT" --base {_q(e.base)}`'
+    ),
+    (E.InvalidInput, "no-prompt"): lambda e: 'e.g. `sepme generate "a red circle on stripes"`',
+    (E.InvalidInput, "not-toy"): lambda e: "use `sepme generate --compare` to look at a real base",
+    (E.InvalidInput, "toy-base"): lambda e: "remove its increments with `sepme rm`",
+    (E.InvalidInput, "base-source"): lambda e: f"pass a path: `sepme base add {_q(e.name)} PATH`",
+    (E.InvalidInput, "zero-increments"): lambda e: "check the increments with `sepme inspect`",
+    (E.Conflict, "base-add"): lambda e: f"run `sepme base add {_q(e.name)} ...` again",
+}
+
+
+def next_step(exc: E.SepmeError) -> str | None:
+    """What to run next: the CLI's words for the error's data, else the engine's hint."""
+    for cls in type(exc).__mro__:
+        step = NEXT_STEPS.get((cls, exc.kind))  # type: ignore[arg-type]
+        if step is not None:
+            return step(exc)
+    return exc.hint
+
+
 def format_error(exc: E.SepmeError) -> str:
     label = next((v for k, v in LABELS.items() if isinstance(exc, k)), "error")
     line = f"error ({label}): {_clip(exc.message, MAX_MESSAGE)}"
-    if exc.hint:
-        line += f" — {_clip(exc.hint, MAX_HINT)}"
+    step = next_step(exc)
+    if step:
+        line += f" — {_clip(step, MAX_HINT)}"
     return line
 
 

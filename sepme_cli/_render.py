@@ -16,7 +16,9 @@ err = Console(stderr=True, highlight=False)
 
 
 def print_json(data: Any) -> None:
-    out.print_json(json.dumps(data, default=str), indent=2, highlight=False)
+    """`--json`: a result's `to_dict()` (JSON-safe by contract: no `default=str` to hide a
+    value that is not) as indented JSON on stdout."""
+    out.print_json(json.dumps(data), indent=2, highlight=False)
 
 
 def _min_width(value: str) -> int:

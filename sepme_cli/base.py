@@ -37,7 +37,14 @@ def add(
     force: ForceOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Import a base checkpoint into the store."""
+    """Import a base checkpoint into the store.
+
+    Examples:
+
+        $ sepme base add sd15                                  # a well-known name: from the hub
+        $ sepme base add mymodel ~/models/mymodel.safetensors  # an A1111/ComfyUI file
+        $ sepme base add big /data/sd21-folder --link           # by reference, not copied
+    """
     store = open_store()
     with byte_progress(f"importing {name}") as progress:
         info = bases.add_base(
@@ -51,7 +58,7 @@ def add(
             progress=progress,
         )
     if json_out:
-        print_json(info.to_json())
+        print_json(info.to_dict())
         return
     how = "linked" if info.linked else "copied"
     out.print(
@@ -64,10 +71,16 @@ def add(
 
 @app.command("list")
 def list_(json_out: JsonOpt = False) -> None:
-    """List the bases in the store."""
+    """List the bases in the store (* marks the default).
+
+    Examples:
+
+        $ sepme base list
+        $ sepme base list --json
+    """
     infos = bases.list_bases(open_store())
     if json_out:
-        print_json([i.to_json() for i in infos])
+        print_json([i.to_dict() for i in infos])
         return
     rows = [
         (
@@ -96,10 +109,16 @@ app.command("ls", hidden=True, help="Alias of `list`.")(list_)
 
 @app.command("show")
 def show(name: BaseArg, json_out: JsonOpt = False) -> None:
-    """Show one base in full."""
+    """Show one base in full.
+
+    Examples:
+
+        $ sepme base show toy
+        $ sepme base show sd15 --json
+    """
     info = bases.get_base(open_store(), name)
     if json_out:
-        print_json(info.to_json())
+        print_json(info.to_dict())
         return
     rows = [
         ("name", info.name + (" (default)" if info.is_default else "")),
@@ -124,7 +143,13 @@ def rm(
     dry_run: DryRunOpt = False,
     yes: YesOpt = False,
 ) -> None:
-    """Remove a base with its increments and variants (blobs go with `sepme store prune`)."""
+    """Remove a base with its increments and variants (blobs go with `sepme store prune`).
+
+    Examples:
+
+        $ sepme base rm sd15 --dry-run
+        $ sepme base rm sd15 --yes && sepme store prune
+    """
     store = open_store()
     plan = bases.remove_base(store, name, dry_run=True)
     what = (
@@ -141,6 +166,12 @@ def rm(
 
 @app.command("use")
 def use(name: BaseArg) -> None:
-    """Make NAME the default base for later commands."""
+    """Make NAME the default base for later commands.
+
+    Examples:
+
+        $ sepme base use sd15
+        $ sepme base use toy            # back to the built-in toy base
+    """
     info = bases.use_base(open_store(), name)
     out.print(f"default base: {info.name}")

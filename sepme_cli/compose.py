@@ -59,7 +59,15 @@ def compose(
     ] = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Change the base's active composition (erase = add, restore = drop) and print it."""
+    """Change the base's active composition (erase = add, restore = drop) and print it.
+
+    Examples:
+
+        $ sepme compose                                 # print the active composition
+        $ sepme compose --erase van-gogh,monet
+        $ sepme compose --restore monet                 # van-gogh stays erased, exactly
+        $ sepme compose --from painters --erase picasso --name painters2
+    """
     result = engine.compose(
         open_store(),
         base,
@@ -70,7 +78,7 @@ def compose(
         force=force,
     )
     if json_out:
-        print_json(result.to_json())
+        print_json(result.to_dict())
         return
     out.print(f"{result.base}: erased {', '.join(result.active) or 'nothing'}")
     if result.added or result.removed:
@@ -84,7 +92,7 @@ def compose(
 def _list_variants(base: str | None, json_out: bool) -> None:
     items = engine.list_variants(open_store(), base)
     if json_out:
-        print_json([v.to_json() for v in items])
+        print_json([v.to_dict() for v in items])
         return
     out.print(
         table(
@@ -99,14 +107,27 @@ def _list_variants(base: str | None, json_out: bool) -> None:
 
 @variants_app.callback()
 def variants(ctx: typer.Context, base: BaseOpt = None, json_out: JsonOpt = False) -> None:
-    """List the base's saved variants (or `rm`/`mv` one)."""
+    """List the base's saved variants (or `rm`/`mv` one).
+
+    Examples:
+
+        $ sepme variants
+        $ sepme variants --base sd15 --json
+        $ sepme variants mv painters artists
+    """
     if ctx.invoked_subcommand is None:
         _list_variants(base, json_out)
 
 
 @variants_app.command("list")
 def list_(base: BaseOpt = None, json_out: JsonOpt = False) -> None:
-    """List the base's saved variants."""
+    """List the base's saved variants.
+
+    Examples:
+
+        $ sepme variants list
+        $ sepme variants list --json
+    """
     _list_variants(base, json_out)
 
 
@@ -121,7 +142,13 @@ def rm(
     yes: YesOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Remove a saved variant (its increments stay in the store)."""
+    """Remove a saved variant (its increments stay in the store).
+
+    Examples:
+
+        $ sepme variants rm painters --dry-run
+        $ sepme variants rm painters --yes
+    """
     store = open_store()
     v = engine.remove_variant(store, base, name, dry_run=True)
     what = f"variant {v.name} of {v.base} (erased {', '.join(v.active) or 'nothing'})"
@@ -131,7 +158,7 @@ def rm(
     confirm(f"Remove {what}?", yes)
     engine.remove_variant(store, base, v.name)
     if json_out:
-        print_json({"removed": v.to_json()})
+        print_json({"removed": v.to_dict()})
         return
     out.print(f"removed {what}")
 
@@ -146,9 +173,14 @@ def mv(
     force: ForceOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Rename a saved variant (refuses to replace another without --force)."""
+    """Rename a saved variant (refuses to replace another without --force).
+
+    Examples:
+
+        $ sepme variants mv painters artists
+    """
     v = engine.rename_variant(open_store(), base, old, new, force=force)
     if json_out:
-        print_json(v.to_json())
+        print_json(v.to_dict())
         return
     out.print(f"renamed variant {old} to {v.name} on {v.base}")

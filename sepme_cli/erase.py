@@ -207,7 +207,15 @@ def erase(
     force: ForceOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Train a per-concept increment that erases CONCEPT from the base."""
+    """Train a per-concept increment that erases CONCEPT from the base.
+
+    Examples:
+
+        $ sepme erase "Van Gogh"                             # on the default base
+        $ sepme erase circle stripes --base toy              # several: all-known, decoupled
+        $ sepme erase "Van Gogh" --preserve "a painting by Monet" --tau 1e-3
+        $ sepme erase --from-file concepts.txt --base sd15   # a list, resumable
+    """
     from sepme_engine.erase.run import erase as run_erase
 
     store = open_store()
@@ -250,7 +258,7 @@ def erase(
     with _progress() as on_event:
         report = run_erase(store, concepts or [], on_event=on_event, **common)
     if json_out:
-        print_json(report.to_json())
+        print_json(report.to_dict())
         return
     rows = [
         (
@@ -378,7 +386,7 @@ def _erase_list(
         )
     if rank == 0:
         if json_out:
-            print_json(report.to_json())
+            print_json(report.to_dict())
         else:
             rows = [
                 (r.concept, r.status, r.verdict or "–", r.iterations or "–", f"{r.wall_s:.1f}s",
@@ -434,7 +442,13 @@ def _evidence(o: Any) -> str:
 
 @app.command("list")
 def list_(base: BaseOpt = None, json_out: JsonOpt = False) -> None:
-    """List the base's increments."""
+    """List the base's increments.
+
+    Examples:
+
+        $ sepme list
+        $ sepme list --base sd15 --json
+    """
     from sepme_engine.bases import get_base
     from sepme_engine.increments import list_increments
 
@@ -442,7 +456,7 @@ def list_(base: BaseOpt = None, json_out: JsonOpt = False) -> None:
     info = get_base(store, base)
     incs = list_increments(store, info.name)
     if json_out:
-        print_json([i.to_json() for i in incs])
+        print_json([i.to_dict() for i in incs])
         return
     rows = [
         (
@@ -478,14 +492,20 @@ def show(
     base: BaseOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Show one increment with its settings and preserved prompts."""
+    """Show one increment with its settings and preserved prompts.
+
+    Examples:
+
+        $ sepme show van-gogh
+        $ sepme show "Van Gogh" --base sd15 --json
+    """
     from sepme_engine.bases import get_base
     from sepme_engine.increments import get_increment
 
     store = open_store()
     inc = get_increment(store, get_base(store, base).name, concept)
     if json_out:
-        print_json(inc.to_json())
+        print_json(inc.to_dict())
         return
     rows: list[tuple[str, Any]] = [
         ("concept", inc.concept),
@@ -513,7 +533,13 @@ def rm(
     dry_run: DryRunOpt = False,
     yes: YesOpt = False,
 ) -> None:
-    """Remove an increment (and drop it from the active composition)."""
+    """Remove an increment (and drop it from the active composition).
+
+    Examples:
+
+        $ sepme rm van-gogh --dry-run
+        $ sepme rm van-gogh --yes
+    """
     from sepme_engine.bases import get_base
     from sepme_engine.increments import remove_increment
 

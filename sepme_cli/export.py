@@ -54,7 +54,14 @@ def export(
     force: ForceOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Export the base with its active composition (or a variant / --erase list)."""
+    """Export the base with its active composition (or a variant / --erase list).
+
+    Examples:
+
+        $ sepme export erased.safetensors                   # A1111/ComfyUI single file, fp16
+        $ sepme export erased-folder --format diffusers
+        $ sepme export painters-lora.safetensors --format lora --variant painters --rank 8
+    """
     from sepme_engine.export.run import export as run
 
     with step_progress(f"exporting {output.name}") as progress:
@@ -70,20 +77,8 @@ def export(
             force=force,
             progress=progress,
         )
-    data = {
-        "path": str(report.path),
-        "format": report.format,
-        "dtype": report.dtype,
-        "n_tensors": report.n_tensors,
-        "bytes_written": report.bytes_written,
-        "wall_s": report.wall_s,
-        "peak_rss_bytes": report.peak_rss_bytes,
-        "rank": report.rank,
-        "relative_error": report.relative_error,
-        "max_layer_relative_error": report.max_layer_relative_error,
-    }
     if json_out:
-        print_json(data)
+        print_json(report.to_dict())
         return
     out.print(str(report.path))
     line = f"{report.format}, {report.dtype}, {report.n_tensors} tensors, {human_size(report.bytes_written)} in {report.wall_s:.1f}s, peak RSS {human_size(report.peak_rss_bytes)}"

@@ -56,7 +56,14 @@ def generate(
     """Render a labelled grid with the base's active composition (or a variant / --erase list).
 
     One row per prompt, N images across (seeds SEED … SEED+N-1); with --compare each prompt gets
-    the bare base's row, then the composition's row below it, same seeds."""
+    the bare base's row, then the composition's row below it, same seeds.
+
+    Examples:
+
+        $ sepme generate "a red circle on stripes" -o grid.png
+        $ sepme generate "a painting by Van Gogh" "a cat" -o cmp.png --compare --n 4 --seed 7
+        $ sepme generate "a red circle" -o plain.png --plain
+    """
     from sepme_engine.generate import generate as run
 
     with counted_progress("generating", "img") as progress:
@@ -77,7 +84,7 @@ def generate(
             progress=progress,
         )
     if json_out:
-        print_json(report.to_json())
+        print_json(report.to_dict())
         return
     out.print(report.path)
     for prompt, tokens, limit in report.truncated:
@@ -136,7 +143,13 @@ def eval_(
     device: DeviceOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Judge the toy world's fixed prompt set: per-concept accuracy, chance and lift."""
+    """Judge the toy world's fixed prompt set: per-concept accuracy, chance and lift.
+
+    Examples:
+
+        $ sepme eval --compare                     # the active composition against the bare toy base
+        $ sepme eval --erase circle --n 16 --json
+    """
     from sepme_engine.generate import evaluate_base
 
     with counted_progress("sampling and judging", "img") as progress:
@@ -152,14 +165,10 @@ def eval_(
             compare=compare,
             progress=progress,
         )
-    report = res.report
-    data = report.to_dict()
-    data["erased"] = list(res.erased)
-    if res.base_report is not None:
-        data["base"] = res.base_report.to_dict()
     if json_out:
-        print_json(data)
+        print_json(res.to_dict())
         return
+    report = res.report
     title = (
         f"toy world, erased: {', '.join(res.erased) or 'nothing'} — {report.n_per_prompt} "
         f"samples/prompt, {report.sampler} {report.steps} steps, guidance {report.guidance}"

@@ -31,7 +31,14 @@ def inspect(
     ] = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Norms, correlations and decoupling residuals of the base's increments."""
+    """Norms, correlations and decoupling residuals of the base's increments.
+
+    Examples:
+
+        $ sepme inspect
+        $ sepme inspect van-gogh monet --layers
+        $ sepme inspect --plot increments.png --json
+    """
     from sepme_engine import inspect as engine
 
     report = engine.inspect(open_store(), concepts or [], base=base)
@@ -39,7 +46,7 @@ def inspect(
         engine.plot(report, plot)
         err.print(f"heat maps written to {plot}")
     if json_out:
-        print_json(report.to_json(layers=layers))
+        print_json(report.to_dict(layers=layers))
         return
     rows = [
         (

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -17,26 +17,30 @@ config_app = typer.Typer(help="Settings from config.toml in the store root.")
 
 @store_app.command("path")
 def path() -> None:
-    """Print the store root ($SEPME_HOME or the user data dir)."""
+    """Print the store root ($SEPME_HOME or the user data dir).
+
+    Examples:
+
+        $ sepme store path
+        $ SEPME_HOME=/data/sepme sepme store path
+    """
     out.print(str(open_store().root))
 
 
 @store_app.command("verify")
 def verify(json_out: JsonOpt = False) -> None:
-    """Re-hash blobs, check manifests' references, report leftovers. Exit 1 if anything is wrong."""
+    """Re-hash blobs, check manifests' references, report leftovers. Exit 1 if anything is wrong.
+
+    Examples:
+
+        $ sepme store verify
+        $ sepme store verify --json
+    """
     store = open_store()
     with step_progress("hashing blobs") as progress:
         report = maintenance.verify(store, progress=progress)
     if json_out:
-        print_json(
-            {
-                "root": report.root,
-                "ok": report.ok,
-                "blobs_checked": report.blobs_checked,
-                "manifests_checked": report.manifests_checked,
-                "problems": [p.__dict__ for p in report.problems],
-            }
-        )
+        print_json(report.to_dict())
     elif report.ok:
         out.print(f"ok: {report.blobs_checked} blobs, {report.manifests_checked} manifests")
     else:
@@ -56,16 +60,16 @@ def verify(json_out: JsonOpt = False) -> None:
 
 @store_app.command("prune")
 def prune(dry_run: DryRunOpt = False, json_out: JsonOpt = False) -> None:
-    """Remove unreferenced blobs, stale views and partial-write leftovers."""
+    """Remove unreferenced blobs, stale views and partial-write leftovers.
+
+    Examples:
+
+        $ sepme store prune --dry-run
+        $ sepme store prune
+    """
     report = maintenance.prune(open_store(), dry_run=dry_run)
     if json_out:
-        print_json(
-            {
-                "dry_run": report.dry_run,
-                "removed": list(report.removed),
-                "bytes_freed": report.bytes_freed,
-            }
-        )
+        print_json(report.to_dict())
         return
     verb = "would remove" if dry_run else "removed"
     for p in report.removed:
@@ -83,7 +87,13 @@ def export_increments(
     json_out: JsonOpt = False,
 ) -> None:
     """Copy the base's increments (manifests and blobs, bound to the base by digest) to FOLDER,
-    for `sepme store import` on another machine or store."""
+    for `sepme store import` on another machine or store.
+
+    Examples:
+
+        $ sepme store export-increments ./painters van-gogh monet --base sd15
+        $ sepme store export-increments ./all-increments
+    """
     from sepme_engine.transfer import export_increments as run
 
     report = run(open_store(), folder, base=base, concepts=concepts or None)
@@ -104,7 +114,13 @@ def import_(
     json_out: JsonOpt = False,
 ) -> None:
     """Import increments exported from another store: digests checked, each bound to the base
-    with the same digest here; nothing is written if any check fails."""
+    with the same digest here; nothing is written if any check fails.
+
+    Examples:
+
+        $ sepme store import ./painters --dry-run
+        $ sepme store import ./painters --no-apply
+    """
     from sepme_engine.transfer import import_increments
 
     report = import_increments(
@@ -115,11 +131,12 @@ def import_(
     _moved(report, json_out, f"{verb} {new} increment(s), {len(report.items) - new} unchanged")
 
 
-def _moved(report: object, json_out: bool, summary: str) -> None:
+def _moved(report: Any, json_out: bool, summary: str) -> None:
+    """A TransferReport: its `to_dict()` with --json, else a table and the summary."""
     if json_out:
-        print_json(report.to_json())  # type: ignore[attr-defined]
+        print_json(report.to_dict())
         return
-    rows = [(m.base, m.concept, m.status, m.digest[:19]) for m in report.items]  # type: ignore[attr-defined]
+    rows = [(m.base, m.concept, m.status, m.digest[:19]) for m in report.items]
     out.print(table(None, ["base", "concept", "status", "blob"], rows))
     err.print(summary)
 
@@ -146,6 +163,7 @@ def _show_help() -> str:
         "Settings are read from config.toml in the store root (`sepme store path`); command-line "
         "options override them. Keys, with an example each (docs/config.md has more):\n\n"
         + "\n".join(escape(line) for line in lines)
+        + "\n\nExamples:\n\n$ sepme config show\n$ sepme config show --json"
     )
 
 
@@ -156,13 +174,7 @@ def show(json_out: JsonOpt = False) -> None:
 
     cfg = load_config(open_store().root)
     if json_out:
-        print_json(
-            {
-                "path": cfg.path,
-                "exists": cfg.exists,
-                "settings": {s.key: {"value": s.value, "source": s.source} for s in cfg.settings},
-            }
-        )
+        print_json(cfg.to_dict())
         return
     err.print(f"config file: {cfg.path}" + ("" if cfg.exists else " (absent: built-in defaults)"))
     rows = [(s.key, _value(s.value), _source(s.source, cfg.path)) for s in cfg.settings]

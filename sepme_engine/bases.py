@@ -53,7 +53,7 @@ class BaseInfo:
     def builtin(self) -> bool:
         return self.source_type == "builtin"
 
-    def to_json(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "source_type": self.source_type,
@@ -211,15 +211,14 @@ def list_bases(store: Store) -> list[BaseInfo]:
 
 
 def not_found_base(name: str, have: list[str] | None = None) -> NotFound:
-    from sepme_engine.names import did_you_mean, quote
+    from sepme_engine.names import close_matches
 
-    q = quote(name)
-    if name in KNOWN_BASES:
-        hint = f"add it with `sepme base add {q}` (downloads {KNOWN_BASES[name]}) or `sepme base add {q} PATH`"
-    else:
-        hint = f"add one with `sepme base add {q} PATH`; `sepme base list` shows the bases you have"
-    close = did_you_mean(name.strip().lower(), have or [])
-    return NotFound(f"no base {name!r} in the store", hint=f"{close} {hint}" if close else hint)
+    return NotFound(
+        f"no base {name!r} in the store",
+        kind="base",
+        name=name,
+        candidates=close_matches(name.strip().lower(), have or []),
+    )
 
 
 def get_base(store: Store, name: str | None = None) -> BaseInfo:
@@ -268,13 +267,16 @@ def add_base(
             raise InvalidInput(
                 f"no SOURCE given and {name!r} is not a well-known base "
                 f"({', '.join(sorted(KNOWN_BASES))})",
-                hint=f"pass a path: `sepme base add {name} PATH`",
+                hint="give the path of the checkpoint",
+                kind="base-source",
+                name=name,
             )
         source = KNOWN_BASES[name]
     if store.has_manifest("bases", name) and not force:
         raise AlreadyExists(
             f"a base named {name!r} exists already",
-            hint=f"choose another name, or `sepme base rm {name}` first (or pass --force)",
+            kind="base",
+            name=name,
         )
     src = inspect_source(source, prediction_type=prediction_type, allow_pickle=allow_pickle)
     if src.kind == "hub":
@@ -354,7 +356,7 @@ def add_base(
         manifest["link"] = link_info
         manifest["link_files"] = {r: ref.digest for r, ref in rel_files.items()}
     else:
-        manifest["files"] = {r: ref.to_json() for r, ref in files.items()}
+        manifest["files"] = {r: ref.to_dict() for r, ref in files.items()}
     if allow_pickle:
         manifest["allow_pickle"] = True  # the user accepted its pickles: loading needs it too
     faults.point("base.after-blobs")
@@ -362,13 +364,16 @@ def add_base(
         if store.has_manifest("bases", name) and not force:
             raise AlreadyExists(
                 f"a base named {name!r} was added by another sepme process meanwhile",
-                hint=f"choose another name, or `sepme base rm {name}` first (or pass --force)",
+                kind="base",
+                name=name,
             )
         missing = [r for r, ref in files.items() if not store.has_blob(ref)]
         if missing:  # a concurrent `store prune` collected them before the manifest existed
             raise Conflict(
                 f"files of base {name!r} were pruned while it was being added ({missing[0]})",
-                hint=f"run `sepme base add {name} ...` again",
+                hint="add the base again",
+                kind="base-add",
+                name=name,
             )
         store.write_manifest("bases", name, manifest)
     return get_base(store, name)
@@ -378,7 +383,9 @@ def add_base(
 def remove_base(store: Store, name: str, *, dry_run: bool = False) -> RemovalPlan:
     if name == TOY:
         raise InvalidInput(
-            "the built-in toy base cannot be removed", hint="remove its increments with `sepme rm`"
+            "the built-in toy base cannot be removed",
+            hint="remove its increments instead",
+            kind="toy-base",
         )
     get_base(store, name)
     with store.locked():  # plan and removal under one lock: nothing added meanwhile survives
@@ -420,10 +427,13 @@ def base_location(store: Store, info: BaseInfo, *, verify: bool = False) -> tupl
         if not path.exists():
             raise NotFound(
                 f"the linked source of base {info.name!r} is gone: {path}",
-                hint=f"put it back, or `sepme base rm {info.name}` and add it again",
+                hint="put it back, or remove the base and add it again",
+                kind="linked-source",
+                name=info.name,
+                path=str(path),
             )
         return fmt, path
-    files = {r: BlobRef.from_json(v) for r, v in data["files"].items()}
+    files = {r: BlobRef.from_dict(v) for r, v in data["files"].items()}
     for ref in files.values():
         store.check_blob(ref, always=verify)
     view = store.view(info.base_digest.split(":", 1)[1], files)

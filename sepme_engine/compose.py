@@ -22,7 +22,7 @@ from sepme_engine.increments import (
     resolve_concept,
     set_active,
 )
-from sepme_engine.names import did_you_mean, is_path_like, lookup_names, quote
+from sepme_engine.names import close_matches, did_you_mean, is_path_like, lookup_names
 from sepme_engine.store import Store, validate_name
 
 
@@ -34,7 +34,7 @@ class CompositionResult:
     removed: tuple[str, ...]
     saved_as: str | None
 
-    def to_json(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "base": self.base,
             "active": list(self.active),
@@ -51,7 +51,7 @@ class VariantInfo:
     active: tuple[str, ...]
     created: str
 
-    def to_json(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "base": self.base,
             "name": self.name,
@@ -89,11 +89,12 @@ def resolve_variant(store: Store, base: str, name: str) -> str:
     for cand in lookup_names(name):
         if store.has_manifest("variants", f"{base}/{cand}"):
             return cand
-    close = did_you_mean(name.strip().lower(), _variant_names(store, base))
     raise NotFound(
         f"no variant {name!r} on base {base!r}",
-        hint=(close + " " if close else "") + f"`sepme variants --base {quote(base)}` lists them; "
-        "save one with `sepme compose --name NAME`",
+        kind="variant",
+        name=name,
+        base=base,
+        candidates=close_matches(name.strip().lower(), _variant_names(store, base)),
     )
 
 
@@ -128,8 +129,9 @@ def rename_variant(
         if store.has_manifest("variants", f"{info.name}/{new}") and not force:
             raise AlreadyExists(
                 f"variant {new!r} exists on base {info.name!r}",
-                hint=f"pass --force to replace it, or choose another name "
-                f"(`sepme variants rm {quote(new)}` removes it)",
+                kind="variant",
+                name=new,
+                base=info.name,
             )
         data = store.read_manifest("variants", f"{info.name}/{variant.name}")
         store.write_manifest("variants", f"{info.name}/{new}", data)
@@ -171,8 +173,9 @@ def compose(
         if store.has_manifest("variants", f"{info.name}/{name}") and not force:
             raise AlreadyExists(
                 f"variant {name!r} exists on base {info.name!r}",
-                hint="pass --force to replace it, or choose another --name "
-                f"(`sepme variants rm {quote(name)}` removes it)",
+                kind="variant",
+                name=name,
+                base=info.name,
             )
     with store.locked():
         before = set(active_set(store, info.name))

@@ -129,7 +129,7 @@ def config_help() -> str:
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "fp32", "fp16", "bf16")
 
-# The paper's values (METHOD.md) are the SD defaults; the toy base has its own, tuned on the toy world.
+# The paper's values (docs/method.md §7) are the SD defaults; the toy base has its own, tuned on the toy world.
 SD_ERASE_DEFAULTS: dict[str, Any] = {
     "steps": 1000,
     "lr": 1e-2,
@@ -204,6 +204,13 @@ class EffectiveConfig:
             if s.key == key:
                 return s.value
         raise KeyError(key)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "exists": self.exists,
+            "settings": {s.key: {"value": s.value, "source": s.source} for s in self.settings},
+        }
 
     def erase(self, arch: str) -> dict[str, Any]:
         prefix = f"erase.{arch}."

@@ -1,29 +1,67 @@
-"""Typed errors raised by the engine. The CLI maps each to a one-line message and exit 1.
+"""Typed errors raised by the engine. Each carries data; an interface owns the words.
+
+`message` says what went wrong in the engine's words, `hint` (optional) a remedy that needs no
+particular interface ("convert it to .safetensors"). The data fields say what the error is about
+(`kind`: "base", "increment", "variant", ... or, for InvalidInput, the situation; `name`, `base`,
+`path`, close `candidates`), so the CLI (sepme_cli/_errors.py) can name its own next step
+("add one with `sepme base add sd15 PATH`") and a Python caller can act on the fields.
 
 No dependencies: importable from anywhere, including the torch-free store.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 
 class SepmeError(Exception):
-    """Base of every error the engine raises on purpose. `hint` says what to do next."""
+    """Base of every error the engine raises on purpose."""
 
-    def __init__(self, message: str, hint: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        hint: str | None = None,
+        *,
+        kind: str = "",
+        name: str = "",
+        base: str = "",
+        path: str = "",
+        candidates: Sequence[str] = (),
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
+        self.kind = kind
+        self.name = name
+        self.base = base
+        self.path = str(path)
+        self.candidates = tuple(candidates)
 
     def __str__(self) -> str:
         return self.message
 
+    def to_dict(self) -> dict[str, Any]:
+        """The error as JSON-safe data: its class, message, hint and data fields."""
+        return {
+            "error": type(self).__name__,
+            "message": self.message,
+            "hint": self.hint,
+            "kind": self.kind,
+            "name": self.name,
+            "base": self.base,
+            "path": self.path,
+            "candidates": list(self.candidates),
+        }
+
 
 class NotFound(SepmeError):
-    """A named base, increment, variant or file does not exist."""
+    """A named base, increment, variant or file does not exist (`kind`, `name`, `base`, close
+    `candidates`)."""
 
 
 class AlreadyExists(SepmeError):
-    """A name is taken and --force was not given."""
+    """A name is taken and replacing it was not asked for (`kind`, `name`, `base`)."""
 
 
 class InvalidName(SepmeError):
@@ -31,7 +69,8 @@ class InvalidName(SepmeError):
 
 
 class InvalidInput(SepmeError):
-    """A value given by the user is unusable (empty prompt, bad option...)."""
+    """A value given by the user is unusable (empty prompt, bad option...); `kind` names the
+    situation where an interface has more to say."""
 
 
 class BaseMismatch(SepmeError):
@@ -47,7 +86,8 @@ class SchemaTooNew(SepmeError):
 
 
 class CorruptEntry(SepmeError):
-    """A manifest, blob or tensor file is unreadable or fails its digest."""
+    """A manifest, blob or tensor file is unreadable or fails its digest (`kind` "store" for an
+    entry of the store)."""
 
 
 class ConfigError(SepmeError):
@@ -59,7 +99,7 @@ class UnsupportedModel(SepmeError):
 
 
 class PickleRefused(SepmeError):
-    """A pickle checkpoint was given without --allow-pickle."""
+    """A pickle checkpoint was given without allowing pickles."""
 
 
 class OfflineError(SepmeError):

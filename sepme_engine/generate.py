@@ -37,7 +37,7 @@ class GenerateReport:
     # was cut off by the pipeline
     truncated: tuple[tuple[str, int, int], ...] = ()
 
-    def to_json(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         data = dict(self.__dict__)
         data["truncated"] = [{"prompt": p, "tokens": n, "limit": k} for p, n, k in self.truncated]
         return data
@@ -99,7 +99,7 @@ def generate(
     if not prompts or any(not p.strip() for p in prompts):
         raise InvalidInput(
             "give at least one non-empty prompt",
-            hint='e.g. `sepme generate "a red circle on stripes"`',
+            kind="no-prompt",
         )
     if n < 1:
         raise InvalidInput("--n must be at least 1")
@@ -170,6 +170,14 @@ class EvalResult:
     report: Any  # toy EvalReport
     base_report: Any | None = None
 
+    def to_dict(self) -> dict[str, Any]:
+        """The composition's report, with `erased` and (compared) the bare base's as `base`."""
+        data = dict(self.report.to_dict())
+        data["erased"] = list(self.erased)
+        if self.base_report is not None:
+            data["base"] = self.base_report.to_dict()
+        return data
+
 
 def _user_file_mode(fh: Any) -> None:
     """Give a file the user asked for the mode `open()` would (0666 less the umask, like
@@ -202,7 +210,8 @@ def evaluate_base(
     if info.profile != TOY:
         raise InvalidInput(
             f"the judge only applies to the toy world; base {info.name!r} is not the toy base",
-            hint="use `sepme generate --compare` to look at a real base",
+            kind="not-toy",
+            base=info.name,
         )
     from sepme_engine.toy.evaluate import eval_image_count, evaluate
 

@@ -14,7 +14,7 @@ from typing import Any
 from sepme_engine import __version__
 from sepme_engine.bases import BaseInfo, now_iso
 from sepme_engine.errors import AlreadyExists, BaseMismatch, Conflict, InvalidInput, NotFound
-from sepme_engine.names import did_you_mean, is_path_like, lookup_names, quote, slugify
+from sepme_engine.names import close_matches, is_path_like, lookup_names, slugify
 from sepme_engine.store import BlobRef, Store, faults, validate_name
 
 
@@ -36,14 +36,14 @@ class IncrementInfo:
     settings: dict[str, Any] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "base": self.base,
             "concept": self.concept,
             "prompt": self.prompt,
             "method": self.method,
             "base_digest": self.base_digest,
-            "blob": self.blob.to_json(),
+            "blob": self.blob.to_dict(),
             "active": self.active,
             "norm": self.norm,
             "m_k": self.m_k,
@@ -138,7 +138,7 @@ def _info(data: dict[str, Any], active: set[str]) -> IncrementInfo:
         prompt=data["prompt"],
         method=data["method"],
         base_digest=data["base_digest"],
-        blob=BlobRef.from_json(data["blob"]),
+        blob=BlobRef.from_dict(data["blob"]),
         active=data["concept"] in active,
         norm=float(data.get("norm", 0.0)),
         m_k=data.get("m_k"),
@@ -169,13 +169,12 @@ def resolve_concept(store: Store, base: str, text: str) -> str:
             return cand
     slug = slugify(text)
     names = [k.split("/", 1)[1] for k in store.list_manifests("increments", base)]
-    close = did_you_mean(slug or text, names)
-    create = f"create it with `sepme erase {quote(text)} --base {quote(base)}`"
     raise NotFound(
         f"no increment {text!r} on base {base!r}",
-        hint=f"{close} {create}"
-        if close
-        else f"`sepme list --base {quote(base)}` shows them; {create}",
+        kind="increment",
+        name=text,
+        base=base,
+        candidates=close_matches(slug or text, names),
     )
 
 
@@ -216,7 +215,9 @@ def save_increment(
     if store.has_manifest("increments", key) and not force:
         raise AlreadyExists(
             f"increment {concept!r} exists on base {base.name!r}",
-            hint=f"pass --force to replace it, or `sepme rm {quote(concept)} --base {quote(base.name)}` first",
+            kind="increment",
+            name=concept,
+            base=base.name,
         )
     meta = {
         "sepme.version": __version__,
@@ -240,7 +241,9 @@ def save_increment(
         if store.has_manifest("increments", key) and not force:
             raise AlreadyExists(
                 f"increment {concept!r} was created on base {base.name!r} while this one trained",
-                hint="pass --force to replace it, or `sepme rm " + concept + "` first",
+                kind="increment",
+                name=concept,
+                base=base.name,
             )
         tmp = store.incomplete_path("increment")
         try:
@@ -260,7 +263,7 @@ def save_increment(
                 "concept": concept,
                 "prompt": prompt,
                 "method": method,
-                "blob": ref.to_json(),
+                "blob": ref.to_dict(),
                 "norm": norm,
                 "m_k": m_k,
                 "iterations": iterations,
@@ -320,6 +323,8 @@ def check_binding(info: IncrementInfo, base: BaseInfo) -> None:
         raise BaseMismatch(
             f"increment {info.concept!r} was made for base digest {info.base_digest[:19]}, "
             f"but base {base.name!r} is {base.base_digest[:19]}",
-            hint="the base changed since; erase the concept again "
-            f"(`sepme erase {quote(info.concept)} --base {quote(base.name)} --force`)",
+            hint="the base changed since; erase the concept again",
+            kind="increment",
+            name=info.concept,
+            base=base.name,
         )

@@ -48,7 +48,7 @@ class InspectReport:
     correlation: tuple[tuple[float, ...], ...]  # cosine similarity of flattened ΔW
     residual: tuple[tuple[float, ...], ...]  # R[i][j], see module docstring
 
-    def to_json(self, layers: bool = False) -> dict[str, Any]:
+    def to_dict(self, layers: bool = False) -> dict[str, Any]:
         incs = []
         for s in self.increments:
             d = {k: v for k, v in s.__dict__.items() if k != "layers"}
@@ -81,7 +81,8 @@ def inspect(
     if not infos:
         raise InvalidInput(
             f"base {info.name!r} has no increments to inspect",
-            hint=f'create one with `sepme erase "CONCEPT" --base {info.name}`',
+            kind="no-increments",
+            base=info.name,
         )
     incs = [load_increment(store, i, info) for i in infos]
     pipe = load_base(store, info.name)

@@ -42,13 +42,20 @@ def quote(name: str) -> str:
     return shlex.quote(name)
 
 
-def did_you_mean(name: str, candidates: Iterable[str]) -> str | None:
-    """'did you mean x?' for the closest candidates (difflib ratio ≥ 0.6), else None."""
+def close_matches(name: str, candidates: Iterable[str]) -> list[str]:
+    """The closest candidates (difflib ratio ≥ 0.6, else those containing or contained in
+    `name`), at most three: the data behind a "did you mean" line."""
     pool = sorted(set(candidates))
     close = difflib.get_close_matches(name, pool, n=3, cutoff=0.6)
     if not close:
         low = name.lower()
         close = [c for c in pool if low and (low in c or c in low)][:3]
+    return close
+
+
+def did_you_mean(name: str, candidates: Iterable[str]) -> str | None:
+    """'did you mean x?' for the closest candidates (`close_matches`), else None."""
+    close = close_matches(name, candidates)
     if not close:
         return None
     return "did you mean " + " or ".join(quote(c) for c in close) + "?"

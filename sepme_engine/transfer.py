@@ -38,7 +38,7 @@ class Moved:
     digest: str  # the increment's blob digest
     status: str  # exported / imported / unchanged (import: the same blob was there already)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
 
@@ -47,8 +47,8 @@ class TransferReport:
     folder: str
     items: tuple[Moved, ...]
 
-    def to_json(self) -> dict[str, Any]:
-        return {"folder": self.folder, "items": [m.to_json() for m in self.items]}
+    def to_dict(self) -> dict[str, Any]:
+        return {"folder": self.folder, "items": [m.to_dict() for m in self.items]}
 
 
 def export_increments(
@@ -72,7 +72,8 @@ def export_increments(
     if not incs:
         raise NotFound(
             f"base {info.name!r} has no increments to export",
-            hint=f'erase some first: `sepme erase "CONCEPT" --base {info.name}`',
+            kind="no-increments",
+            base=info.name,
         )
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.parent / f".{dest.name}.{os.getpid()}.incomplete"
@@ -117,7 +118,8 @@ def _read_index(src: Path) -> dict[str, Any]:
     if not path.is_file():
         raise NotFound(
             f"{src} is not an increment export (no {INDEX})",
-            hint="make one with `sepme store export-increments DIR`",
+            kind="export-folder",
+            path=str(src),
         )
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -179,11 +181,13 @@ def import_increments(
             raise BaseMismatch(
                 f"increment {concept!r} was made for base {src_base!r} (digest "
                 f"{str(digest)[:19]}…), and this store has no base with that digest",
-                hint=f"add the same checkpoint first (`sepme base add {src_base} PATH`), "
-                "then import again",
+                hint="add the same checkpoint first, then import again",
+                kind="import",
+                name=concept,
+                base=str(src_base),
             )
         target = str(src_base) if src_base in names else names[0]
-        ref = BlobRef.from_json(data["blob"])
+        ref = BlobRef.from_dict(data["blob"])
         blob = src / "blobs" / f"sha256-{ref.hex}"
         if not blob.is_file() or hash_file(blob) != ref:
             raise CorruptEntry(
@@ -203,7 +207,9 @@ def import_increments(
                 if mine != data["blob"]["digest"]:
                     raise AlreadyExists(
                         f"increment {concept!r} exists on base {target!r} with other tensors",
-                        hint="pass --force to replace it, or `sepme rm` it first",
+                        kind="increment",
+                        name=concept,
+                        base=target,
                     )
         for target, concept, data, blob, _active in plan:
             key = f"{target}/{concept}"

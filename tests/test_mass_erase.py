@@ -322,7 +322,7 @@ def test_export_import_round_trip_and_refusals(tmp_path: Path, store: Store) -> 
         a, b = manifest(store.root, c), manifest(target.root, c)
         assert a == b
         blob = target.check_blob(
-            __import__("sepme_engine.store", fromlist=["BlobRef"]).BlobRef.from_json(b["blob"]),
+            __import__("sepme_engine.store", fromlist=["BlobRef"]).BlobRef.from_dict(b["blob"]),
             always=True,
         )
         assert blob.read_bytes() == (store.blobs_dir / blob.name).read_bytes()

@@ -170,7 +170,7 @@ def test_verify_and_prune(store: Store, tmp_path: Path) -> None:
     kept = store.put_blob_file(src)
     src.write_bytes(b"b" * 100)
     orphan = store.put_blob_file(src)
-    store.write_manifest("increments", "toy/x", increment_manifest("toy", "x", kept.to_json()))
+    store.write_manifest("increments", "toy/x", increment_manifest("toy", "x", kept.to_dict()))
     assert verify(store).ok
     (store.tmp_dir / "blob.123.incomplete").write_bytes(b"half")
     store.blob_path(kept).write_bytes(b"c" * 100)  # corrupt it

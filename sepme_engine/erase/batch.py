@@ -42,7 +42,7 @@ class ListRow:
     wall_s: float = 0.0
     rank: int = 0
 
-    def to_json(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
 
@@ -56,8 +56,8 @@ class ListReport:
     def failed(self) -> tuple[ListRow, ...]:
         return tuple(r for r in self.rows if r.status == "failed")
 
-    def to_json(self) -> dict[str, Any]:
-        return {"base": self.base, "world": self.world, "rows": [r.to_json() for r in self.rows]}
+    def to_dict(self) -> dict[str, Any]:
+        return {"base": self.base, "world": self.world, "rows": [r.to_dict() for r in self.rows]}
 
 
 def parse_concept_file(path: Path | str) -> list[ListEntry]:

@@ -6,7 +6,7 @@ SepME's increment of every cross-attention to_k / to_v weight W (d_out × d) is
 
 so every row of ΔW lies in the null space of the preserved prompts' embeddings E_k: keys and
 values of every prompt in E_k — the blank prompt, the other concepts, the preserve prompts — are
-unchanged *whatever D is* (METHOD.md Part 2). Separability and exact restore therefore hold by
+unchanged *whatever D is* (docs/method.md §2, §3). Separability and exact restore therefore hold by
 construction for any choice of D, and D may be chosen by a closed form instead of (or before)
 the G-CiRs iterations.
 

@@ -1,4 +1,4 @@
-"""Null space of the preserved prompts' embeddings (METHOD.md Part 2, "particular solutions").
+"""Null space of the preserved prompts' embeddings (docs/method.md §2, the paper's "particular solutions").
 
 For concept k, E_k stacks the full L×d embedding of every prompt its increment must not touch;
 S_k is an orthonormal basis (rows) of {s : E_k sᵀ = 0}. Every ΔW = C·β·S_k then satisfies

@@ -47,7 +47,7 @@ class ConceptOutcome:
     rounds: int = 1  # trainings run (more than 1 with --until-erased)
     unet_passes_verdict: int = 0
 
-    def to_json(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
 
@@ -64,14 +64,14 @@ class EraseReport:
     # keep_going=True: (concept, one-line error) of the concepts whose training or saving failed
     failed: tuple[tuple[str, str], ...] = ()
 
-    def to_json(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "base": self.base,
             "device": self.device,
             "dtype": self.dtype,
             "applied": self.applied,
             "active": list(self.active),
-            "outcomes": [o.to_json() for o in self.outcomes],
+            "outcomes": [o.to_dict() for o in self.outcomes],
             "skipped": list(self.skipped),
             "failed": [{"concept": c, "error": e} for c, e in self.failed],
         }
@@ -112,7 +112,7 @@ def build_e_k(
     preserve: Sequence[str] = (),
     default_preserve: Sequence[str] = (),
 ) -> list[str]:
-    """The prompts an increment for `prompt` must leave unchanged (METHOD.md's E_k, without the
+    """The prompts an increment for `prompt` must leave unchanged (docs/method.md §2's E_k, without the
     blank prompt, which `train_*` always adds first): the other concepts of this call, the
     concepts already erased on the base, the user's `--preserve` prompts, and the profile's default
     preserve prompts — except those that share words with the concept: one the concept's prompt
@@ -345,9 +345,7 @@ def erase(
 
     emit = on_event or (lambda _e: None)
     if not concepts:
-        raise InvalidInput(
-            "name at least one concept to erase", hint='e.g. `sepme erase "Van Gogh"`'
-        )
+        raise InvalidInput("name at least one concept to erase", kind="no-concept")
     if method not in METHODS:
         raise InvalidInput(f"unknown method {method!r}", hint=f"choose one of {', '.join(METHODS)}")
     if prompt is not None and len(concepts) > 1:
@@ -362,7 +360,8 @@ def erase(
         if not p.strip():
             raise InvalidInput(
                 "the concept prompt is empty",
-                hint='give the text to erase, e.g. `sepme erase "Van Gogh"`',
+                hint="give the text to erase",
+                kind="no-concept",
             )
         targets.append((concept_name(text), p))
     names = [n for n, _ in targets]
@@ -375,7 +374,9 @@ def erase(
             if has_increment(store, info.name, name) and not force:
                 raise AlreadyExists(
                     f"increment {name!r} exists on base {info.name!r}",
-                    hint=f"pass --force to train it again, or `sepme rm {name}`",
+                    kind="increment",
+                    name=name,
+                    base=info.name,
                 )
     cfg = load_config(store.root)
     dev = resolve_device(device or cfg.get("device"))
@@ -440,7 +441,8 @@ def erase(
             raise AlreadyExists(
                 f"stored increments differ from this request in settings or E_k: "
                 f"{'; '.join(differ)}",
-                hint="pass --force to train them again, or `sepme rm` them first",
+                kind="increments",
+                base=info.name,
             )
         for name in skipped:
             emit(Event("skip", name))
@@ -596,7 +598,7 @@ def _one(
         "unet_passes_training": trained.unet_passes_training,
         "data_cached": cached,
         "wall_s": round(wall, 3),
-        **({"verdict": checked.to_json(), "rounds": rounds} if checked is not None else {}),
+        **({"verdict": checked.to_dict(), "rounds": rounds} if checked is not None else {}),
         "device": str(dev),
         "dtype": dtype_name,
         "sepme_version": __version__,

@@ -1,6 +1,6 @@
 """SepME: separable concept erasure by null-space-restricted cross-attention increments.
 
-METHOD.md Parts 1 and 2, for one concept at a time:
+docs/method.md §2 and §4-§5, for one concept at a time:
 
     E_k = [e(""); e(p) for p in preserve_prompts]      S_k = null_space(E_k)   (m_k × d)
     ΔW_ℓ = β · C_ℓ · S_k     for every cross-attention to_k / to_v ℓ;  C_ℓ = 0 initially, trained
@@ -49,7 +49,7 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 
 @dataclass(frozen=True)
 class SepMEConfig:
-    """Hyper-parameters (defaults from the sources, METHOD.md) and the run's seed/dtype."""
+    """Hyper-parameters (defaults from the sources, docs/method.md §7) and the run's seed/dtype."""
 
     alpha: float = 0.9  # momentum of the stopping statistic
     beta: float = 1e-4  # scale of ΔW = β·C·S

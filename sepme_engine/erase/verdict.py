@@ -47,7 +47,7 @@ class Verdict:
     unet_passes: int = 0
     next_step: str = ""
 
-    def to_json(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
 

@@ -210,7 +210,7 @@ def export_lora(
     if not ups:
         raise InvalidInput(
             "the increments are all zero: nothing to export",
-            hint="check the increments with `sepme inspect`",
+            kind="zero-increments",
         )
     max_rank = max(layer_ranks.values())
     # One rank for every layer: diffusers' loader mis-scales LoRAs whose layers differ in rank

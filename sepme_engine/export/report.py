@@ -8,6 +8,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -42,6 +43,21 @@ class ExportReport:
     relative_error: float | None = None
     max_layer_relative_error: float | None = None
     layer_ranks: Mapping[str, int] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """What `sepme export --json` prints (the metadata and per-layer ranks are left out)."""
+        return {
+            "path": str(self.path),
+            "format": self.format,
+            "dtype": self.dtype,
+            "n_tensors": self.n_tensors,
+            "bytes_written": self.bytes_written,
+            "wall_s": self.wall_s,
+            "peak_rss_bytes": self.peak_rss_bytes,
+            "rank": self.rank,
+            "relative_error": self.relative_error,
+            "max_layer_relative_error": self.max_layer_relative_error,
+        }
 
 
 def parse_dtype(dtype: str | torch.dtype) -> tuple[str, torch.dtype]:
@@ -83,12 +99,14 @@ def check_deltas(
         if key not in state:
             raise BaseMismatch(
                 f"delta for {name!r}: the UNet has no weight {key!r}",
-                hint="the increments belong to another base; check `sepme show` for its base",
+                hint="the increments belong to another base",
+                kind="export",
             )
         if tuple(d.shape) != tuple(state[key].shape):
             raise BaseMismatch(
                 f"delta for {name!r} has shape {tuple(d.shape)}, the weight is {tuple(state[key].shape)}",
-                hint="the increments belong to another base; check `sepme show` for its base",
+                hint="the increments belong to another base",
+                kind="export",
             )
         if not torch.isfinite(d).all():
             raise InvalidInput(f"delta for {name!r} is not finite", hint="re-run the erasure")

@@ -74,15 +74,17 @@ class BlobRef:
     def hex(self) -> str:
         return self.digest.split(":", 1)[1]
 
-    def to_json(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         return {"digest": self.digest, "size": self.size}
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> BlobRef:
+    def from_dict(cls, data: dict[str, Any]) -> BlobRef:
         """A validated reference: 'sha256:<64 hex>' and a non-negative integer size."""
         problem = blob_error(data)
         if problem:
-            raise CorruptEntry(f"malformed blob reference {str(data)[:120]}: {problem}", hint=HINT)
+            raise CorruptEntry(
+                f"malformed blob reference {str(data)[:120]}: {problem}", hint=HINT, kind="store"
+            )
         return cls(data["digest"], data["size"])
 
 
@@ -152,7 +154,8 @@ class Store:
         if real != root and root not in real.parents:
             raise CorruptEntry(
                 f"{path} leads outside the store ({real}); sepme does not follow it",
-                hint="run `sepme store verify`; replace the symbolic link with a folder",
+                hint="replace the symbolic link with a folder",
+                kind="store",
             )
         return real
 
@@ -168,7 +171,8 @@ class Store:
         if parent != self.root.resolve() / rel:
             raise CorruptEntry(
                 f"refusing to delete {path}: a folder on its way is a symbolic link",
-                hint="run `sepme store verify`; replace the symbolic link with a folder",
+                hint="replace the symbolic link with a folder",
+                kind="store",
             )
         if not parent.is_dir():
             return
@@ -208,7 +212,9 @@ class Store:
     def blob_path(self, ref: BlobRef | str) -> Path:
         digest = ref.digest if isinstance(ref, BlobRef) else ref
         if not isinstance(digest, str) or not DIGEST.match(digest):
-            raise CorruptEntry(f"malformed blob digest {str(digest)[:80]!r}", hint=HINT)
+            raise CorruptEntry(
+                f"malformed blob digest {str(digest)[:80]!r}", hint=HINT, kind="store"
+            )
         return self.blobs_dir / ("sha256-" + digest.split(":", 1)[1])
 
     def _check_record(self, ref: BlobRef) -> Path:
@@ -224,11 +230,13 @@ class Store:
         `always`, else only when its size or mtime changed since the last check (recorded in
         cache/checked/). A missing or damaged blob is a CorruptEntry naming it."""
         path = self.blob_path(ref)
-        hint = "run `sepme store verify`, then remove and re-create the entries it names"
+        hint = "remove and re-create the entries that use it"
         try:
             st = path.stat()
         except FileNotFoundError:
-            raise CorruptEntry(f"blob {ref.digest} is missing from the store", hint=hint) from None
+            raise CorruptEntry(
+                f"blob {ref.digest} is missing from the store", hint=hint, kind="store"
+            ) from None
         if not always:
             try:
                 seen = json.loads(self._check_record(ref).read_text())
@@ -242,6 +250,7 @@ class Store:
                 f"blob {ref.digest} is corrupt (its content hashes to {actual.digest}, "
                 f"{actual.size} bytes)",
                 hint=hint,
+                kind="store",
             )
         if not always:
             self._record_checked(ref, path)
@@ -322,7 +331,8 @@ class Store:
                     if not blob.exists():
                         raise CorruptEntry(
                             f"blob {ref.digest} for {rel} is missing from the store",
-                            hint="run `sepme store verify`; re-add the base",
+                            hint="re-add the base",
+                            kind="store",
                         )
                     try:  # hard links keep the file name loaders look at (symlinks get resolved)
                         os.link(blob, target)
@@ -370,12 +380,14 @@ class Store:
         except (OSError, UnicodeDecodeError, ValueError) as exc:
             raise CorruptEntry(
                 f"manifest {path} is unreadable: {exc}",
-                hint="run `sepme store verify`; remove the entry and create it again",
+                hint=HINT,
+                kind="store",
             ) from exc
         if not isinstance(data, dict) or "schema_version" not in data:
             raise CorruptEntry(
                 f"manifest {path} has no schema_version",
-                hint="run `sepme store verify`; remove the entry and create it again",
+                hint=HINT,
+                kind="store",
             )
         version = data["schema_version"]
         if not isinstance(version, int) or version > SCHEMA_VERSION:

@@ -34,6 +34,15 @@ class VerifyReport:
     def ok(self) -> bool:
         return not self.problems
 
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "root": self.root,
+            "ok": self.ok,
+            "blobs_checked": self.blobs_checked,
+            "manifests_checked": self.manifests_checked,
+            "problems": [dict(p.__dict__) for p in self.problems],
+        }
+
 
 @dataclass(frozen=True)
 class PruneReport:
@@ -42,13 +51,20 @@ class PruneReport:
     removed: tuple[str, ...]
     bytes_freed: int
 
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "dry_run": self.dry_run,
+            "removed": list(self.removed),
+            "bytes_freed": self.bytes_freed,
+        }
+
 
 def blob_refs(data: Any) -> list[BlobRef]:
     """Every {digest, size} reference inside a manifest."""
     found: list[BlobRef] = []
     if isinstance(data, dict):
         if isinstance(data.get("digest"), str) and "size" in data:
-            found.append(BlobRef.from_json(data))  # validated: CorruptEntry if malformed
+            found.append(BlobRef.from_dict(data))  # validated: CorruptEntry if malformed
         for value in data.values():
             found.extend(blob_refs(value))
     elif isinstance(data, list):
@@ -188,7 +204,8 @@ def prune(store: Store, dry_run: bool = False) -> PruneReport:
         if links:
             raise CorruptEntry(
                 f"{links[0]} is a symbolic link; `store prune` does not delete through links",
-                hint="replace it with a real folder (`sepme store verify` lists such links)",
+                hint="replace it with a real folder",
+                kind="store",
             )
         refs = _referenced(store, None)
         candidates: list[Path] = []

@@ -18,7 +18,7 @@ from sepme_engine.errors import CorruptEntry
 
 DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
-HINT = "run `sepme store verify`; remove the entry and create it again"
+HINT = "remove the entry and create it again"
 
 Check = Callable[[Any], str | None]  # None when fine, else what is wrong
 
@@ -178,12 +178,18 @@ def check_manifest(kind: str | None, data: dict[str, Any], path: Path) -> None:
     for key, (required, check) in fields.items():
         if key not in data:
             if required:
-                raise CorruptEntry(f"corrupt manifest {path}: field {key!r} is missing", hint=HINT)
+                raise CorruptEntry(
+                    f"corrupt manifest {path}: field {key!r} is missing", hint=HINT, kind="store"
+                )
             continue
         problem = check(data[key])
         if problem:
-            raise CorruptEntry(f"corrupt manifest {path}: field {key!r} {problem}", hint=HINT)
+            raise CorruptEntry(
+                f"corrupt manifest {path}: field {key!r} {problem}", hint=HINT, kind="store"
+            )
     if kind == "bases" and "files" not in data and "link" not in data:
         raise CorruptEntry(
-            f"corrupt manifest {path}: neither 'files' nor 'link' is present", hint=HINT
+            f"corrupt manifest {path}: neither 'files' nor 'link' is present",
+            hint=HINT,
+            kind="store",
         )
