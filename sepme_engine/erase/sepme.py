@@ -455,7 +455,8 @@ def defaults(arch: str, erase: Mapping[str, Any]) -> dict[str, Any]:
     """SepME's settings by word before its own tables: `erase` is the base profile's
     `[erase]` / `[erase.ARCH]` settings (built-in defaults < config.toml), which are SepME's."""
     del arch  # the profile's defaults are already in `erase`
-    words = {WORDS.get(f.name, f.name) for f in dataclasses.fields(Config)} - set(SET_BY_RUN)
+    rename = {f: w for w, f in WORDS.items()}
+    words = {rename.get(f.name, f.name) for f in dataclasses.fields(Config)} - set(SET_BY_RUN)
     return {k: v for k, v in erase.items() if k in words}
 
 
