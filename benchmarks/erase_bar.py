@@ -7,8 +7,9 @@ For each concept, SepME with the toy profile's default settings — E_k as `sepm
 (the blank prompt and the toy's default preserve prompts: the other 12 concepts) — and with a
 lower τ (the default − ½ × the mean L_cor of the first 10 iterations, measured by a
 10-iteration probe run).
-Both come from one training run: the lower-τ run passes the default τ as `also_stop_at`, and
-its snapshot there is exactly what a default run returns (training is deterministic; tested).
+The two are separate runs built through the method registry and settings pipeline `sepme
+erase` uses (erase/settings.py); training is deterministic, so the lower-τ run passes through
+the very increment the default run stops at.
 
 Judged (toy judge, fixed seeds, DDIM 25 steps, guidance 4):
 

@@ -64,16 +64,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return sample_images(pipe, [prompt], seed_eval, n, TOY_STEPS, TOY_GUIDANCE)
 
     def config(bs: int, lr: float, tau: float, cap: int) -> SepMEConfig:
-        return SepMEConfig(
-            alpha=float(s["alpha"]),
-            beta=float(s["beta"]),
-            lam=float(s["lam"]),
-            tau=tau,
-            lr=lr,
-            max_steps=cap,
-            batch_size=bs,
-            seed=int(s["seed"]),
-        )
+        # the toy profile's Config (as `sepme erase` builds it), from C = 0 as when measured
+        options = {"batch_size": bs, "lr": lr, "tau": tau, "steps": cap, "init": "zero"}
+        return trainer.method_config("sepme", options)  # type: ignore[no-any-return]
 
     blank = sample("", args.n_blank)
     rows: list[dict[str, Any]] = []

@@ -42,8 +42,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from sepme_engine import erase as registry
 from sepme_engine.config import ERASE_DEFAULTS
 from sepme_engine.delta.hooks import apply_deltas_inplace, sum_deltas
+from sepme_engine.erase import settings as erase_settings
 from sepme_engine.erase.data import generate_training_latents
 from sepme_engine.erase.run import build_e_k
 from sepme_engine.sampling import sample_images
@@ -60,7 +62,7 @@ from sepme_engine.toy.judge import judge_batch
 from sepme_engine.toy.world import axis_of, full_caption
 
 RESULTS = Path(__file__).parent / "results"
-METHODS = ("sepme", "sepme-cf", "esd-x", "fmn", "uce")
+METHODS = registry.names()
 SCENES: list[tuple[str, list[str], str | None]] = [
     ("1: shapes", ["circle", "triangle"], "circle"),
     ("2: colours", ["red", "green", "blue"], "red"),
@@ -214,21 +216,13 @@ class Trainer:
         return build_e_k(concept, others=others, default_preserve=self.settings["preserve"])
 
     def config(self, tau: float | None = None, max_steps: int | None = None) -> Any:
-        from sepme_engine.erase.sepme import SepMEConfig
+        """SepME's Config as `sepme erase` builds it on the toy base (no config.toml), with
+        these options."""
+        options = {"tau": tau, "steps": max_steps or self.k.sepme_steps}
+        return self.method_config("sepme", options)
 
-        s = self.settings
-        return SepMEConfig(
-            alpha=float(s["alpha"]),
-            beta=float(s["beta"]),
-            lam=float(s["lam"]),
-            tau=float(s["tau"] if tau is None else tau),
-            lr=float(s["lr"]),
-            max_steps=int(max_steps or self.k.sepme_steps or s["steps"]),
-            batch_size=int(s["batch_size"]),
-            seed=int(s["seed"]),
-            init=str(s["init"]),
-            anchor=str(s["anchor"]),
-        )
+    def method_config(self, method: str, options: dict[str, Any] | None = None) -> Any:
+        return erase_settings.build(method, "toy", None, options).config
 
     def sepme(
         self,
@@ -256,7 +250,8 @@ class Trainer:
     ) -> tuple[tuple[Any, dict[str, Any]], tuple[Any, dict[str, Any]]]:
         """(default τ, lower τ) increments and records from one run: τ_low = τ − ½·|mean L_cor of
         the first 10 iterations| (a 10-iteration probe, the same iterations the run starts
-        with); the run to τ_low snapshots where the default τ stops (`also_stop_at`)."""
+        with). Two runs (training is deterministic: the lower-τ run passes through the very
+        increment the default run stops at)."""
         from sepme_engine.erase.sepme import train_sepme
 
         others = others or []
@@ -265,11 +260,9 @@ class Trainer:
         probe = train_sepme(self.pipe, concept, e_k, lat, self.config(max_steps=10), "cpu")
         tau = float(self.settings["tau"])
         tau_low = tau - 0.5 * abs(float(np.mean(probe.lcor_history[:10])))
-        r = train_sepme(
-            self.pipe, concept, e_k, lat, self.config(tau_low), "cpu", also_stop_at=[tau]
-        )
-        default = r.snapshots.get(tau, r)  # absent: both ran to the cap, the whole run is it
-        self._sepme_record(concept, e_k, tau, default, r, data_passes)
+        default = train_sepme(self.pipe, concept, e_k, lat, self.config(tau), "cpu")
+        r = train_sepme(self.pipe, concept, e_k, lat, self.config(tau_low), "cpu")
+        self._sepme_record(concept, e_k, tau, default, default, data_passes)
         self.trained[(concept, tuple(e_k), tau, self.config().max_steps)] = (
             default.increment,
             self.log[-1],
@@ -281,7 +274,7 @@ class Trainer:
     def _sepme_record(
         self, concept: str, e_k: list[str], tau: float, res: Any, run: Any, data_passes: int
     ) -> None:
-        """Log `res` (a SepMEResult, or a snapshot of the SepMEResult `run`)."""
+        """Log `res` (a SepMEResult; `run`: the run its m_k and first iterations come from)."""
         self._record(
             "sepme",
             concept,
@@ -302,11 +295,10 @@ class Trainer:
     def baseline(
         self, method: str, concept: str, steps: int | None = None, others: list[str] | None = None
     ) -> Any:
+        module = registry.load(method)
         if method == "sepme-cf":
-            from sepme_engine.erase.sepme import closed_form_sepme
-
             e_k = self.e_k(concept, others or [])
-            rc = closed_form_sepme(self.pipe, concept, e_k, self.config(), "cpu")
+            rc = module.train(self.pipe, concept, e_k, None, self.method_config(method), "cpu")
             self._record(
                 method,
                 concept,
@@ -315,35 +307,26 @@ class Trainer:
                 0,
                 rc.wall_s,
                 rc.stop_reason,
-                extra={"m_k": rc.m_k, "e_k": len(e_k) + 1, "kv_gap_left": rc.cf_gap_left},
+                extra={
+                    "m_k": rc.m_k,
+                    "e_k": len(e_k) + 1,
+                    "kv_gap_left": rc.stats["kv_gap_left"],
+                },
             )
             return rc.increment
-        lat, data_passes, _ = self.data(concept)
-        if method == "esd-x":
-            from sepme_engine.erase.esd import EsdConfig, train_esd
-
-            r = train_esd(
-                self.pipe,
-                concept,
-                lat,
-                EsdConfig(steps=steps or self.k.esd_caps[-2], lr=self.k.esd_lr, seed=self.k.seed),
-                "cpu",
-            )
-        elif method == "fmn":
-            from sepme_engine.erase.fmn import FmnConfig, train_fmn
-
-            r = train_fmn(
-                self.pipe,
-                concept,
-                lat,
-                FmnConfig(steps=steps or self.k.fmn_steps, lr=self.k.fmn_lr, seed=self.k.seed),
-                "cpu",
-            )
+        # the benchmark's own knobs, given as `sepme erase` options would be
+        options: dict[str, Any] = {
+            "esd-x": {"steps": steps or self.k.esd_caps[-2], "lr": self.k.esd_lr},
+            "fmn": {"steps": steps or self.k.fmn_steps, "lr": self.k.fmn_lr},
+        }.get(method, {})
+        if module.TRAINING_DATA:
+            options["seed"] = self.k.seed
+            lat, data_passes, _ = self.data(concept)
         else:
-            from sepme_engine.erase.uce import UceConfig, train_uce
-
-            r = train_uce(self.pipe, concept, self.e_k(concept, []), UceConfig(), "cpu")
-            data_passes = 0
+            lat, data_passes = None, 0
+        config = self.method_config(method, options)
+        e_k = self.e_k(concept, []) if module.KEEPS_PRESERVE else []
+        r = module.train(self.pipe, concept, e_k, lat, config, "cpu")
         self._record(
             method,
             concept,

@@ -148,7 +148,8 @@ def bench_iteration(
     import torch
 
     from benchmarks.export_bench import build_pipe, build_sdxl_pipe
-    from sepme_engine.erase.sepme import SepMEConfig, train_sepme
+    from sepme_engine.erase.sepme import train_sepme
+    from sepme_engine.erase.settings import build
 
     if pipe is None:
         pipe = build_sdxl_pipe(dtype="fp32") if arch == "sdxl" else build_pipe(dtype="fp32")
@@ -156,14 +157,14 @@ def bench_iteration(
     pipe.to(device, tdtype)
     side = int(pipe.unet.config.sample_size)
     latents = torch.randn(2, 4, side, side)
-    cfg = SepMEConfig(
-        max_steps=1, dtype={"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[dtype]
-    )
+    # SepME's Config as `sepme erase` builds it on an SD 1.x base, from C = 0 as when measured
+    tname = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[dtype]
+    cfg = build("sepme", "sd1", None, {"steps": 1, "init": "zero"}, dtype=tname).config
     if device.startswith("cuda"):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     train_sepme(pipe, "a painting by Van Gogh", [], latents, cfg, device)  # warm-up (1 iteration)
-    cfg = SepMEConfig(max_steps=iters, dtype=cfg.dtype)
+    cfg = build("sepme", "sd1", None, {"steps": iters, "init": "zero"}, dtype=tname).config
     times: list[float] = []
     last = [time.perf_counter()]
 

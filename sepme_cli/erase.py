@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -20,8 +21,11 @@ from sepme_cli._params import (
     open_store,
 )
 from sepme_cli._render import err, out, print_json, table
+from sepme_engine.erase import names as method_names
 
 app = typer.Typer()
+# `--method`'s choices: the registered methods (sepme_engine/erase/__init__.py)
+Method = Enum("Method", [(n, n) for n in method_names()], type=str)  # type: ignore[misc]
 
 
 def _short(name: str, width: int = 14) -> str:
@@ -50,12 +54,9 @@ def _progress() -> Any:
         console=err,
     ) as bar:
         tasks: dict[tuple[str, str], Any] = {}
-        taus: dict[str, float] = {}  # each concept's effective τ (defaults, config, option)
 
         def on_event(ev: Any) -> None:
-            if ev.kind == "start":
-                taus[ev.concept] = float((ev.info or {}).get("tau", 0.0))
-            elif ev.kind == "images":
+            if ev.kind == "images":
                 key = (ev.concept, "images")
                 if key not in tasks:
                     tasks[key] = bar.add_task(
@@ -66,7 +67,6 @@ def _progress() -> Any:
                 )
             elif ev.kind == "round":
                 i = ev.info
-                taus[ev.concept] = float(i["tau"])
                 tasks.pop((ev.concept, "train"), None)
                 err.print(
                     f"{ev.concept}: {i['verdict']} — training again "
@@ -82,8 +82,8 @@ def _progress() -> Any:
                         f"{_short(ev.concept)}: erasing", total=None, stats="", visible=True
                     )
                 rate = s.iteration / s.elapsed_s if s.elapsed_s > 0 else 0.0
-                if hasattr(s, "lcor"):
-                    stats = step_stats(s.iteration, s.momentum, taus.get(ev.concept, 0.0), rate)
+                if s.tau is not None:  # the step record carries the threshold it stops on
+                    stats = step_stats(s.iteration, s.momentum, s.tau, rate)
                 else:
                     stats = f"it {s.iteration:>4}  loss {s.loss:.2e}  {rate:4.1f} it/s"
                 bar.update(tasks[key], completed=s.iteration, stats=stats)
@@ -153,12 +153,13 @@ def erase(
         str | None, typer.Option(help="Frozen weights on GPU: auto, fp32, fp16, bf16.")
     ] = None,
     method: Annotated[
-        str,
+        Method,
         typer.Option(
             help="sepme (closed-form start + G-CiRs iterations), sepme-cf (the closed form "
-            "alone, no UNet pass), esd-x, fmn or uce."
+            "alone, no UNet pass), esd-x, fmn or uce. Options a method does not take are "
+            "refused.",
         ),
-    ] = "sepme",
+    ] = Method("sepme"),
     init: Annotated[
         str | None,
         typer.Option(help="SepME's start: closed-form (default) or zero (the paper's recipe)."),
@@ -217,8 +218,9 @@ def erase(
         $ sepme erase --from-file concepts.txt --base sd15   # a list, resumable
     """
     from sepme_engine.erase.run import erase as run_erase
+    from sepme_engine.erase.settings import check_options
+    from sepme_engine.errors import InvalidInput
 
-    store = open_store()
     overrides = {
         "steps": steps,
         "lr": lr,
@@ -230,13 +232,18 @@ def erase(
         "init": init,
         "anchor": anchor,
     }
+    try:
+        check_options(method.value, overrides)
+    except InvalidInput as exc:  # e.g. --tau with --method esd-x: a usage error
+        raise typer.BadParameter(f"{exc.message}; {exc.hint}") from None
+    store = open_store()
     common: dict[str, Any] = dict(  # what a list run and a single run both pass to erase()
         base=base,
         prompt=prompt,
         preserve=preserve or [],
         use_default_preserve=not no_default_preserve,
         overrides=overrides,
-        method=method,
+        method=method.value,
         device=device,
         dtype=dtype,
         apply=not no_apply,

@@ -8,6 +8,13 @@ lr = 0.01
 [erase.toy]              # ... or for one architecture (toy, sd1, sd2, sd2-v, sdxl)
 steps = 200
 preserve = []            # the profile's default preserve prompts (toy: its other concepts)
+[erase.esd-x]            # one method's settings (any method: `sepme erase --method`) ...
+lr = 1e-3
+[erase.esd-x.toy]        # ... on one architecture
+steps = 200
+
+The method tables' keys are the method's Config fields; `sepme erase` checks them
+(erase/settings.py), this module checks the types of the keys it knows.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sepme_engine.erase import names as method_names
 from sepme_engine.errors import ConfigError
 from sepme_engine.models.arch import ARCHS
 from sepme_engine.toy.vocab import CONCEPTS
@@ -216,6 +224,17 @@ class EffectiveConfig:
         prefix = f"erase.{arch}."
         return {s.key[len(prefix) :]: s.value for s in self.settings if s.key.startswith(prefix)}
 
+    def method(self, method: str, arch: str) -> dict[str, Setting]:
+        """`[erase.METHOD]` then `[erase.METHOD.ARCH]` (which wins), by key; unchecked beyond
+        the types of keys this module knows (erase/settings.py checks them)."""
+        out: dict[str, Setting] = {}
+        for prefix in (f"erase.{method}.", f"erase.{method}.{arch}."):
+            for s in self.settings:
+                rest = s.key[len(prefix) :]
+                if s.key.startswith(prefix) and "." not in rest:
+                    out[rest] = s
+        return out
+
 
 def _line_of(text: str, section: str, key: str) -> int:
     current = ""
@@ -297,15 +316,21 @@ def load_config(root: Path) -> EffectiveConfig:
             )
         value = _check(path, text, "", key, value, TOP_KEYS[key])
         settings[key] = Setting(key, value, f"{path}:{_line_of(text, '', key)}")
+    methods = method_names()
     for key, value in erase_all.items():
         if key in ARCHES and isinstance(value, dict):
+            continue
+        if key in methods and isinstance(value, dict):
+            _method_table(path, text, key, value, settings)
             continue
         if key not in ERASE_KEYS:
             if isinstance(value, dict):  # [erase.NAME] with a NAME that is not an architecture
                 raise ConfigError(
-                    f"{path}:{_line_of(text, 'erase', key)}: [erase.{key}] is not an architecture",
+                    f"{path}:{_line_of(text, 'erase', key)}: [erase.{key}] is not an architecture"
+                    " nor a method",
                     hint=f"[erase.ARCH] takes one of {', '.join(ARCHES)} "
-                    "(SD 1.x bases are sd1, SD 2.x sd2, SD 2.x v-prediction sd2-v)",
+                    "(SD 1.x bases are sd1, SD 2.x sd2, SD 2.x v-prediction sd2-v); "
+                    f"[erase.METHOD] one of {', '.join(methods)}",
                 )
             raise ConfigError(
                 f"{path}:{_line_of(text, 'erase', key)}: unknown erase setting {key!r}",
@@ -332,3 +357,38 @@ def load_config(root: Path) -> EffectiveConfig:
                 f"{section}.{key}", value, f"{path}:{_line_of(text, section, key)}"
             )
     return EffectiveConfig(str(path), path.is_file(), tuple(settings.values()))
+
+
+def _method_table(
+    path: Path, text: str, method: str, table: dict[str, Any], settings: dict[str, Setting]
+) -> None:
+    """`[erase.METHOD]` and its `[erase.METHOD.ARCH]` sub-tables into `settings` (keys
+    `erase.METHOD.KEY`, `erase.METHOD.ARCH.KEY`); keys of ERASE_KEYS are type-checked here."""
+    for key, value in table.items():
+        if isinstance(value, dict):
+            if key not in ARCHES:
+                raise ConfigError(
+                    f"{path}:{_line_of(text, f'erase.{method}', key)}: "
+                    f"[erase.{method}.{key}] is not an architecture",
+                    hint=f"[erase.{method}.ARCH] takes one of {', '.join(ARCHES)}",
+                )
+            section = f"erase.{method}.{key}"
+            for k, v in value.items():
+                _method_setting(path, text, section, k, v, settings)
+        else:
+            _method_setting(path, text, f"erase.{method}", key, value, settings)
+
+
+def _method_setting(
+    path: Path, text: str, section: str, key: str, value: Any, settings: dict[str, Setting]
+) -> None:
+    if isinstance(value, dict):
+        raise ConfigError(
+            f"{path}:{_line_of(text, section, key)}: [{section}.{key}] is not a setting",
+            hint=f"fix {path}",
+        )
+    if key in ERASE_KEYS:
+        value = _check(path, text, section, key, value, ERASE_KEYS[key])
+    settings[f"{section}.{key}"] = Setting(
+        f"{section}.{key}", value, f"{path}:{_line_of(text, section, key)}"
+    )

@@ -12,7 +12,7 @@ from sepme_engine.delta import hooks
 from sepme_engine.delta.increment import Increment
 from sepme_engine.delta.layers import cross_attention_kv, kv_shapes
 from sepme_engine.erase.esd import EsdConfig, train_esd
-from sepme_engine.erase.fmn import FmnConfig, concept_attention_mass, recording_mass, train_fmn
+from sepme_engine.erase.fmn import FmnConfig, recording_mass, train_fmn
 from sepme_engine.erase.uce import UceConfig, train_uce
 from sepme_engine.errors import InvalidInput, TrainingDiverged
 from sepme_engine.models.text import encode_prompts
@@ -135,6 +135,25 @@ def test_esd_rejects_non_finite_loss(pipe: Any, latents: Any) -> None:
 
 
 # ----- FMN ---------------------------------------------------------------------------------------
+@torch.no_grad()
+def concept_attention_mass(
+    pipe: Any, prompt: str, x_t: torch.Tensor, t: torch.Tensor, increments: Any = ()
+) -> float:
+    """The FMN loss (mean cross-attention mass on `prompt`'s tokens) of the base UNet plus
+    `increments` at `x_t`, `t` (one UNet pass)."""
+    from sepme_engine.delta import hooks
+    from sepme_engine.erase.common import concept_positions
+
+    unet = pipe.unet
+    e_c = encode_prompts(pipe, [prompt]).expand(x_t.shape[0], -1, -1)
+    with (
+        hooks.attached(unet, increments),
+        recording_mass(unet, concept_positions(pipe, prompt)) as rec,
+    ):
+        unet(x_t, t, encoder_hidden_states=e_c)
+    return float(torch.stack(rec.masses).mean())
+
+
 def test_fmn_lowers_attention_mass_on_concept_tokens(pipe: Any, latents: Any) -> None:
     before = unet_state(pipe)
     counter = PassCounter(pipe.unet)
@@ -205,7 +224,7 @@ def test_uce_closed_form_maps_concept_to_blank_and_keeps_preserved() -> None:
     assert (result.iterations, result.stop_reason) == (0, "closed-form")
     inc = result.increment
     assert_dense_increment(small, inc, "uce")
-    assert inc.meta["sepme.preserve"] == '["", "a cat"]'
+    assert inc.meta["sepme.preserve_prompts"] == '["", "a cat"]'
     rel, gap = kv_change(small, inc, [PROMPT, "a cat", "", "a dog"])
     # Bounds: the ridge (1e-8) biases the solution by ~ridge/σ_min² ≲ 1e-6, and storing ΔW in
     # float32 moves W'e by ≤ eps32·‖ΔW‖‖e‖ ≈ 1e-7 relative; 1e-4 is far above both, far below

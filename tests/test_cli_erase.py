@@ -134,8 +134,8 @@ def test_erase_bad_input_leaves_store_unchanged(tiny_base: str, store: Store) ->
     assert res.exit_code == 1 and "sepme base add nope" in res.stderr
     res = run("erase", "cat", "--device", "cuda", *FAST)
     assert res.exit_code == 1 and "CUDA" in res.stderr
-    res = run("erase", "cat", "--method", "magic", *FAST)
-    assert res.exit_code == 1 and "unknown method" in res.stderr
+    res = run("erase", "cat", "--method", "magic", *FAST)  # a choice of the registered methods
+    assert res.exit_code == 2 and "'magic' is not one of" in res.stderr and "esd-x" in res.stderr
     assert sorted(p.name for p in store.blobs_dir.iterdir()) == before
     assert not store.list_manifests("increments")
 
@@ -176,19 +176,9 @@ def test_diverging_training_stores_nothing(tiny_base: str, store: Store) -> None
 
 @pytest.mark.parametrize("method", ["esd-x", "fmn", "uce"])
 def test_baseline_methods_store_increments(tiny_base: str, method: str) -> None:
-    res = run(
-        "erase",
-        "cat",
-        "--method",
-        method,
-        "--steps",
-        "3",
-        "--images",
-        "1",
-        "--lr",
-        "1e-3",
-        "--json",
-    )
+    # UCE is a closed form: it takes none of these options (refused since the registry)
+    options = [] if method == "uce" else ["--steps", "3", "--images", "1", "--lr", "1e-3"]
+    res = run("erase", "cat", "--method", method, *options, "--json")
     assert res.exit_code == 0, res.output
     o = json.loads(res.stdout)["outcomes"][0]
     assert o["method"] == method and o["norm"] > 0
@@ -243,3 +233,91 @@ def test_progress_line_fits_80_columns() -> None:
     assert len(name) == 14
     # description + bar (10) + stats, with the columns' single spaces
     assert len(f"{name}: erasing") + 1 + 10 + 1 + len(worst) <= 80
+
+
+@pytest.mark.parametrize(
+    "method, option, value, takes",
+    [
+        ("esd-x", "--tau", "5", "--steps, --lr, --seed, --images"),
+        ("fmn", "--beta", "0.1", "--steps, --lr, --seed, --images"),
+        ("uce", "--steps", "3", "none of these options"),
+        ("sepme-cf", "--lr", "0.1", "--anchor"),
+    ],
+)
+def test_options_a_method_does_not_take_are_refused(
+    tiny_base: str, store: Store, method: str, option: str, value: str, takes: str
+) -> None:
+    """Before: `--method esd-x --tau 5` trained ESD-x and ignored τ without a word."""
+    res = run("erase", "cat", "--method", method, option, value)
+    assert res.exit_code == 2, res.output
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in res.output
+    assert f"{option} does not apply to --method {method}" in lines[0]
+    assert f"{method} takes {takes}" in lines[0]
+    assert not store.list_manifests("increments")
+
+
+def test_the_engine_refuses_them_too(tiny_base: str, store: Store) -> None:
+    from sepme_engine.erase.run import erase
+    from sepme_engine.errors import InvalidInput
+
+    with pytest.raises(InvalidInput, match="--tau, --lam do not apply to --method esd-x"):
+        erase(store, ["cat"], method="esd-x", overrides={"tau": 5.0, "lam": 1.0, "steps": None})
+    with pytest.raises(InvalidInput, match="unknown method 'magic'.*"):
+        erase(store, ["cat"], method="magic")
+    assert not store.list_manifests("increments")
+
+
+def test_a_baseline_takes_its_settings_from_config_toml_and_the_command_line(
+    tiny_base: str, store: Store
+) -> None:
+    """Before: ESD-x read only --steps/--lr/--seed, never config.toml; UCE ignored everything."""
+    (store.root / "config.toml").write_text(
+        "[erase.sd1]\nimage_steps = 2\nimages = 1\n"
+        "[erase.esd-x]\nsteps = 4\nlr = 0.002\neta = 0.5\n"
+        "[erase.esd-x.sd1]\nsteps = 3\nbatch_size = 2\n"
+        '[erase.uce]\nridge = 0.5\npositions = "concept"\n',
+        encoding="utf-8",
+    )
+    res = run("erase", "cat", "--method", "esd-x", "--seed", "4", "--no-verify")
+    assert res.exit_code == 0, res.output
+    got = json.loads(run("show", "cat", "--json").stdout)
+    assert got["iterations"] == 3  # [erase.esd-x.sd1] wins over [erase.esd-x]
+    want = {"steps": 3, "lr": 0.002, "eta": 0.5, "batch_size": 2, "seed": 4, "images": 1}
+    assert {k: got["settings"][k] for k in want} == want
+    assert got["settings"]["image_steps"] == 2  # the profile's training images
+    res = run("erase", "dog", "--method", "uce", "--no-verify")
+    assert res.exit_code == 0, res.output
+    got = json.loads(run("show", "dog", "--json").stdout)["settings"]
+    assert (got["ridge"], got["positions"], got["method"]) == (0.5, "concept", "uce")
+
+
+@pytest.mark.parametrize(
+    "table, match",
+    [
+        ("[erase.esd-x]\ntau = 5.0\n", r"config.toml:2: 'tau' is not a setting of esd-x"),
+        ("[erase.uce.sd1]\nsteps = 3\n", r"config.toml:2: 'steps' is not a setting of uce"),
+        ('[erase.esd-x]\neta = "big"\n', r"config.toml:2: eta must be float"),
+        ('[erase.uce]\npositions = "some"\n', r"positions must be 'all' or 'concept'"),
+        ("[erase.sepme.sd1]\nsteps = 0\n", r"config.toml:2: steps must be in \[1"),
+    ],
+)
+def test_config_keys_a_method_does_not_know_are_refused(
+    tiny_base: str, store: Store, table: str, match: str
+) -> None:
+    import re
+
+    method = table.split(".")[1].split("]")[0]
+    (store.root / "config.toml").write_text(table, encoding="utf-8")
+    res = run(
+        "erase",
+        "cat",
+        "--method",
+        method,
+        "--no-verify",
+        *(["--steps", "2"] if method == "sepme" else []),
+    )
+    assert res.exit_code == 1, res.output
+    assert re.search(match, res.stderr), res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    assert not store.list_manifests("increments")

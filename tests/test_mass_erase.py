@@ -166,17 +166,17 @@ def test_from_file_is_all_known_resumes_and_refuses_changed_settings(
 def test_a_failed_concept_is_reported_and_the_exit_is_non_zero(
     tmp_path: Path, sepme_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from sepme_engine.erase import run
+    from sepme_engine.erase import sepme_cf
     from sepme_engine.errors import TrainingDiverged
 
-    real = run._train
+    real = sepme_cf.train
 
-    def failing(method, pipe, prompt, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def failing(pipe, prompt, *args, **kwargs):  # type: ignore[no-untyped-def]
         if prompt == "square":
             raise TrainingDiverged("the loss became NaN", hint="lower --lr")
-        return real(method, pipe, prompt, *args, **kwargs)
+        return real(pipe, prompt, *args, **kwargs)
 
-    monkeypatch.setattr(run, "_train", failing)
+    monkeypatch.setattr(sepme_cf, "train", failing)
     path = concept_file(tmp_path, "circle\nsquare\nred\n")
     res = runner.invoke(
         app, ["erase", "--from-file", str(path), "--method", "sepme-cf", "--no-verify", "--json"]

@@ -1,7 +1,8 @@
-"""What the baseline erasure methods (ESD-x, FMN, UCE) share: their result and progress types,
-the input checks, and the training draw (x_0, t, noise -> x_t) used by the trained ones.
+"""What the erasure methods share: the result every `train` returns, the baselines' progress
+record, the input checks, the training draw (x_0, t, noise -> x_t) of the trained methods, the
+frozen-UNet context of a training run, and the provenance every increment records.
 
-The draw is the same as SepME's (`sepme.py`): from one CPU `torch.Generator`, per iteration,
+The draw (`NoisedDraw`, used by SepME, ESD-x, FMN and the verdict): from one CPU `torch.Generator`, per iteration,
 `idx` (which training latents), `t ~ U{0..T-1}` of the model's training schedule, and standard
 normal noise; `x_t = sqrt(ᾱ_t)·x_0 + sqrt(1−ᾱ_t)·noise` with ᾱ from a `DDPMScheduler` built from
 the pipeline's scheduler config. So a run is reproducible and draws the same batches on any
@@ -10,40 +11,113 @@ device.
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import torch
 
+from sepme_engine.delta import hooks
 from sepme_engine.delta.increment import Increment
 from sepme_engine.errors import InvalidInput, TrainingDiverged
 
-StopReason = Literal["cap", "closed-form", "interrupted"]
+StopReason = Literal["cap", "closed-form", "interrupted", "threshold"]
 
 
 @dataclass(frozen=True)
 class MethodResult:
-    """The outcome of one baseline erasure of one concept."""
+    """The outcome of one erasure of one concept: what every method's `train` returns."""
 
-    increment: Increment  # dense ΔW for every cross-attention to_k / to_v
-    iterations: int  # optimiser steps taken (0 for closed-form methods)
+    increment: Increment  # dense ΔW (baselines) or factored C·S (SepME) per to_k / to_v
+    iterations: int  # optimiser steps / loss evaluations (0 for closed-form methods)
     stop_reason: StopReason
     unet_passes_training: int  # UNet evaluations, counted per sample (batch entries)
     wall_s: float
     final_loss: float  # the method's loss at the last evaluation (see each module)
     loss_history: list[float] = field(repr=False)
+    m_k: int | None = None  # SepME: null-space dimension; None for dense increments
+    # what the method reports beyond the above (recorded in the increment's manifest stats)
+    stats: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class MethodStep:
-    """What a progress display shows after each iteration of a trained baseline."""
+    """What a progress display shows after each iteration of a trained baseline. (`momentum`
+    and `tau`: the stopping statistic and its threshold, for methods that stop on one; the
+    baselines run to their step count.)"""
 
     method: str
     iteration: int  # from 0
     max_steps: int
     loss: float
     elapsed_s: float
+    momentum: float | None = None
+    tau: float | None = None
+
+
+def provenance(method: str, config: Any, preserve: Sequence[str] | None = None) -> dict[str, str]:
+    """The increment's provenance, one schema for every method (safetensors metadata; the
+    manifest records the same `settings`): `sepme.method`, `sepme.settings` (the method's
+    Config as JSON, plus the method's name) and, for methods that keep a preserve set,
+    `sepme.preserve_prompts` (E_k with the blank prompt first). Increments written before this
+    schema carry `sepme.config` / `sepme.preserve` as well; no reader depends on either, so
+    they load as before."""
+    meta = {
+        "sepme.method": method,
+        "sepme.settings": json.dumps(settings_record(method, config), sort_keys=True),
+    }
+    if preserve is not None:
+        meta["sepme.preserve_prompts"] = json.dumps(list(preserve))
+    return meta
+
+
+def settings_record(method: str, config: Any) -> dict[str, Any]:
+    """The settings an increment records (manifest `settings`, `sepme.settings`)."""
+    return {**asdict(config), "method": method}
+
+
+@contextmanager
+def frozen_unet(unet: Any) -> Iterator[None]:
+    """A training run's frame: the UNet frozen (no parameter gradients) and in eval mode, the
+    increment hooks attached; on exit the hooks are detached and each parameter's grad flag and
+    the train/eval mode are put back as they were."""
+    grad_flags = {n: p.requires_grad for n, p in unet.named_parameters()}
+    was_training = unet.training
+    unet.requires_grad_(False)
+    unet.eval()
+    hooks.attach(unet)
+    try:
+        yield
+    finally:
+        hooks.detach(unet)
+        for name, p in unet.named_parameters():
+            p.requires_grad_(grad_flags[name])
+        unet.train(was_training)
+
+
+def dense_result(
+    deltas: dict[str, torch.Tensor],
+    meta: dict[str, str],
+    history: list[float],
+    reason: StopReason,
+    passes_per_iteration: int,
+    wall_s: float,
+) -> MethodResult:
+    """The result of a trained baseline: the dense ΔW after the last update, its loss record."""
+    final = {name: d.detach().cpu() for name, d in deltas.items()}
+    return MethodResult(
+        increment=Increment.dense(final, meta),
+        iterations=len(history),
+        stop_reason=reason,
+        unet_passes_training=passes_per_iteration * len(history),
+        wall_s=wall_s,
+        final_loss=history[-1],
+        loss_history=history,
+        stats={"final_loss": history[-1]},
+    )
 
 
 def check_training_inputs(pipe: Any, device: torch.device, latents: torch.Tensor) -> None:

@@ -28,14 +28,13 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 
 from sepme_engine.delta import hooks
-from sepme_engine.delta.increment import Increment
 from sepme_engine.delta.layers import cross_attention_kv
 from sepme_engine.erase.common import (
     MethodResult,
@@ -44,11 +43,14 @@ from sepme_engine.erase.common import (
     StopReason,
     check_finite,
     check_training_inputs,
+    dense_result,
+    frozen_unet,
+    provenance,
 )
 from sepme_engine.errors import InvalidInput
 from sepme_engine.models.text import check_prompt, encode_prompts
 
-METHOD = "esd-x"
+NAME = METHOD = "esd-x"
 
 
 @dataclass(frozen=True)
@@ -60,11 +62,18 @@ class EsdConfig:
     lr: float = 1e-5
     eta: float = 1.0  # negative guidance scale η
     batch_size: int = 1
-    seed: int = 0
+    seed: int = 0  # of the training images and the iterations
+    # the training images (data.generate_training_latents); `sepme erase` sets them from the
+    # base profile
+    images: int = 8
+    image_steps: int = 25
+    image_guidance: float = 7.5
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1:
             raise InvalidInput("ESD steps and batch_size must be >= 1")
+        if self.images < 1 or self.image_steps < 1:
+            raise InvalidInput("ESD images and image_steps must be >= 1")
         if not self.lr > 0:
             raise InvalidInput(f"ESD lr must be > 0, got {self.lr}")
         if not self.eta >= 0:
@@ -81,13 +90,11 @@ def train_esd(
     config: EsdConfig,
     device: str | torch.device,
     progress: Callable[[MethodStep], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
 ) -> MethodResult:
     """Erase `prompt` with ESD-x; return the dense increment (the pipe is left unchanged).
 
     `latents` `[N, 4, h, w]`: training x_0 from `data.generate_training_latents`. `pipe` must
-    already be on `device` (any dtype; ΔW and the loss are float32). `should_stop()` returning
-    True ends training after the current update with stop_reason "interrupted".
+    already be on `device` (any dtype; ΔW and the loss are float32).
     Raises InvalidInput, TrainingDiverged.
     """
     start = time.perf_counter()
@@ -115,12 +122,7 @@ def train_esd(
 
     history: list[float] = []
     reason: StopReason = "cap"
-    grad_flags = {n: p.requires_grad for n, p in unet.named_parameters()}
-    was_training = unet.training
-    unet.requires_grad_(False)
-    unet.eval()
-    hooks.attach(unet)
-    try:
+    with frozen_unet(unet):
         hooks.set_terms(unet, {name: [(None, d)] for name, d in deltas.items()})
         for n in range(config.steps):
             x_t, t = draw.draw(bsz, device, udtype)
@@ -141,31 +143,44 @@ def train_esd(
             optimizer.step()
             if progress is not None:
                 progress(MethodStep(METHOD, n, config.steps, loss_v, time.perf_counter() - start))
-            if should_stop is not None and should_stop() and n + 1 < config.steps:
-                reason = "interrupted"
-                break
-    finally:
-        hooks.detach(unet)
-        for name, p in unet.named_parameters():
-            p.requires_grad_(grad_flags[name])
-        unet.train(was_training)
 
-    final = {name: d.detach().cpu() for name, d in deltas.items()}
     meta = {
-        "sepme.method": METHOD,
+        **provenance(NAME, config),
         "sepme.prompt": prompt,
-        "sepme.config": config.to_json(),
         "sepme.dtype": str(udtype).removeprefix("torch."),
         "sepme.iterations": str(len(history)),
         "sepme.stop_reason": reason,
         "sepme.final_loss": repr(history[-1]),
     }
-    return MethodResult(
-        increment=Increment.dense(final, meta),
-        iterations=len(history),
-        stop_reason=reason,
-        unet_passes_training=3 * bsz * len(history),
-        wall_s=time.perf_counter() - start,
-        final_loss=history[-1],
-        loss_history=history,
-    )
+    return dense_result(deltas, meta, history, reason, 3 * bsz, time.perf_counter() - start)
+
+
+# --- the method as `sepme erase` runs it (erase/__init__.py) -------------------------------------
+
+Config = EsdConfig
+Step = MethodStep
+WORDS: Mapping[str, str] = {}
+SET_BY_RUN: tuple[str, ...] = ()
+TRAINING_DATA = True
+KEEPS_PRESERVE = False  # ESD-x has no preserve set
+
+
+def defaults(arch: str, erase: Mapping[str, Any]) -> dict[str, Any]:
+    """The paper's settings (the Config's defaults) and the base profile's training images."""
+    del arch
+    return {k: erase[k] for k in ("images", "image_steps", "image_guidance") if k in erase}
+
+
+def train(
+    pipe: Any,
+    prompt: str,
+    preserve_prompts: Sequence[str],
+    latents: torch.Tensor | None,
+    config: EsdConfig,
+    device: str | torch.device,
+    progress: Callable[[MethodStep], None] | None = None,
+) -> MethodResult:
+    del preserve_prompts
+    if latents is None:
+        raise InvalidInput("ESD-x trains on latents sampled from the concept prompt")
+    return train_esd(pipe, prompt, latents, config, device, progress=progress)

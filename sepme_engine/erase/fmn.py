@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -37,7 +37,6 @@ import torch
 from torch import nn
 
 from sepme_engine.delta import hooks
-from sepme_engine.delta.increment import Increment
 from sepme_engine.delta.layers import cross_attention_kv
 from sepme_engine.erase.common import (
     MethodResult,
@@ -47,11 +46,14 @@ from sepme_engine.erase.common import (
     check_finite,
     check_training_inputs,
     concept_positions,
+    dense_result,
+    frozen_unet,
+    provenance,
 )
 from sepme_engine.errors import InvalidInput
 from sepme_engine.models.text import check_prompt, encode_prompts
 
-METHOD = "fmn"
+NAME = METHOD = "fmn"
 
 
 @dataclass(frozen=True)
@@ -61,11 +63,18 @@ class FmnConfig:
     steps: int = 35
     lr: float = 1e-3
     batch_size: int = 1
-    seed: int = 0
+    seed: int = 0  # of the training images and the iterations
+    # the training images (data.generate_training_latents); `sepme erase` sets them from the
+    # base profile
+    images: int = 8
+    image_steps: int = 25
+    image_guidance: float = 7.5
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1:
             raise InvalidInput("FMN steps and batch_size must be >= 1")
+        if self.images < 1 or self.image_steps < 1:
+            raise InvalidInput("FMN images and image_steps must be >= 1")
         if not self.lr > 0:
             raise InvalidInput(f"FMN lr must be > 0, got {self.lr}")
 
@@ -157,27 +166,6 @@ def recording_mass(unet: nn.Module, positions: Sequence[int]) -> Iterator[MassRe
             m.set_processor(previous[name])
 
 
-@torch.no_grad()
-def concept_attention_mass(
-    pipe: Any,
-    prompt: str,
-    x_t: torch.Tensor,
-    t: torch.Tensor,
-    increments: Sequence[Increment] = (),
-) -> float:
-    """The FMN loss (mean cross-attention mass on `prompt`'s tokens) of the base UNet plus
-    `increments` at the given `x_t` `[B, C, h, w]` and timesteps `t` `[B]` (one UNet pass)."""
-    unet = pipe.unet
-    device, udtype = unet.device, unet.dtype
-    e_c = encode_prompts(pipe, [prompt]).to(device, udtype).expand(x_t.shape[0], -1, -1)
-    with (
-        hooks.attached(unet, increments),
-        recording_mass(unet, concept_positions(pipe, prompt)) as rec,
-    ):
-        unet(x_t.to(device, udtype), t.to(device), encoder_hidden_states=e_c)
-    return float(torch.stack(rec.masses).mean())
-
-
 def train_fmn(
     pipe: Any,
     prompt: str,
@@ -185,7 +173,6 @@ def train_fmn(
     config: FmnConfig,
     device: str | torch.device,
     progress: Callable[[MethodStep], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
 ) -> MethodResult:
     """Erase `prompt` with Forget-Me-Not attention re-steering; return the dense increment (the
     pipe is left unchanged). Arguments as `esd.train_esd`. `final_loss` / `loss_history`: the
@@ -216,12 +203,7 @@ def train_fmn(
 
     history: list[float] = []
     reason: StopReason = "cap"
-    grad_flags = {n: p.requires_grad for n, p in unet.named_parameters()}
-    was_training = unet.training
-    unet.requires_grad_(False)
-    unet.eval()
-    hooks.attach(unet)
-    try:
+    with frozen_unet(unet):
         hooks.set_terms(unet, {name: [(None, d)] for name, d in deltas.items()})
         with recording_mass(unet, positions) as recorder:
             for n in range(config.steps):
@@ -240,32 +222,45 @@ def train_fmn(
                     progress(
                         MethodStep(METHOD, n, config.steps, loss_v, time.perf_counter() - start)
                     )
-                if should_stop is not None and should_stop() and n + 1 < config.steps:
-                    reason = "interrupted"
-                    break
-    finally:
-        hooks.detach(unet)
-        for name, p in unet.named_parameters():
-            p.requires_grad_(grad_flags[name])
-        unet.train(was_training)
 
-    final = {name: d.detach().cpu() for name, d in deltas.items()}
     meta = {
-        "sepme.method": METHOD,
+        **provenance(NAME, config),
         "sepme.prompt": prompt,
-        "sepme.config": config.to_json(),
         "sepme.dtype": str(udtype).removeprefix("torch."),
         "sepme.concept_positions": json.dumps(positions),
         "sepme.iterations": str(len(history)),
         "sepme.stop_reason": reason,
         "sepme.final_loss": repr(history[-1]),
     }
-    return MethodResult(
-        increment=Increment.dense(final, meta),
-        iterations=len(history),
-        stop_reason=reason,
-        unet_passes_training=bsz * len(history),
-        wall_s=time.perf_counter() - start,
-        final_loss=history[-1],
-        loss_history=history,
-    )
+    return dense_result(deltas, meta, history, reason, bsz, time.perf_counter() - start)
+
+
+# --- the method as `sepme erase` runs it (erase/__init__.py) -------------------------------------
+
+Config = FmnConfig
+Step = MethodStep
+WORDS: Mapping[str, str] = {}
+SET_BY_RUN: tuple[str, ...] = ()
+TRAINING_DATA = True
+KEEPS_PRESERVE = False  # FMN has no preserve set
+
+
+def defaults(arch: str, erase: Mapping[str, Any]) -> dict[str, Any]:
+    """The paper's settings (the Config's defaults) and the base profile's training images."""
+    del arch
+    return {k: erase[k] for k in ("images", "image_steps", "image_guidance") if k in erase}
+
+
+def train(
+    pipe: Any,
+    prompt: str,
+    preserve_prompts: Sequence[str],
+    latents: torch.Tensor | None,
+    config: FmnConfig,
+    device: str | torch.device,
+    progress: Callable[[MethodStep], None] | None = None,
+) -> MethodResult:
+    del preserve_prompts
+    if latents is None:
+        raise InvalidInput("FMN trains on latents sampled from the concept prompt")
+    return train_fmn(pipe, prompt, latents, config, device, progress=progress)

@@ -15,24 +15,12 @@ and the key/value change they allow for a preserved prompt is below float32 reso
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 
 from sepme_engine.errors import NullSpaceEmpty
 
 DEFAULT_RTOL = 1e-6
-
-
-def numerical_rank(E: torch.Tensor, rtol: float = DEFAULT_RTOL) -> int:
-    """Rank of E (rows×d, or n×L×d flattened) with the same tolerance as `null_space`."""
-    E64 = _as_rows(E)
-    if E64.shape[0] == 0:
-        return 0
-    s = torch.linalg.svdvals(E64)
-    if s.numel() == 0 or float(s[0]) == 0.0:
-        return 0
-    return int((s > rtol * s[0]).sum())
 
 
 def _as_rows(E: torch.Tensor) -> torch.Tensor:
@@ -72,19 +60,3 @@ def null_space(
             "or erase this concept with fewer concepts held fixed",
         )
     return basis.to(dtype).contiguous()
-
-
-def build_preserve_matrix(pipe: Any, prompts: Sequence[str]) -> torch.Tensor:
-    """E `[len(prompts)·L, d]`: the stacked pipeline embeddings of `prompts` (float32, CPU)."""
-    from sepme_engine.models.text import encode_prompts
-
-    emb = encode_prompts(pipe, list(prompts))
-    return emb.reshape(-1, emb.shape[-1]).float().cpu()
-
-
-def preserve_null_space(
-    pipe: Any, prompts: Sequence[str], rtol: float = DEFAULT_RTOL
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """`(S, E)` for `prompts`: the null-space basis `[m, d]` float32 and the matrix E."""
-    E = build_preserve_matrix(pipe, prompts)
-    return null_space(E, rtol=rtol, prompts=prompts), E

@@ -15,11 +15,11 @@ from sepme_engine import __version__
 from sepme_engine.bases import BaseInfo, get_base, load_base
 from sepme_engine.config import load_config
 from sepme_engine.device import resolve_device, resolve_dtype
+from sepme_engine.erase import settings as erase_settings
+from sepme_engine.erase.common import settings_record
 from sepme_engine.errors import AlreadyExists, InvalidInput, SepmeError
 from sepme_engine.increments import concept_name, has_increment, list_increments, save_increment
 from sepme_engine.store import Store
-
-METHODS = ("sepme", "sepme-cf", "esd-x", "fmn", "uce")
 
 
 @dataclass(frozen=True)
@@ -79,22 +79,15 @@ class EraseReport:
 
 @dataclass(frozen=True)
 class Event:
-    """Progress events for the CLI: kind is 'images', 'step', 'start' (info: {"tau": the
-    effective stopping threshold}), 'round' (--until-erased trains again; info: {"tau", "steps",
-    "round", "rounds", "verdict"}), 'verify' (measuring the verdict) or 'done'."""
+    """Progress events for the CLI: kind is 'images', 'step' (info: the method's step record,
+    which carries what the line shows), 'start', 'round' (--until-erased trains again; info:
+    {"tau", "steps", "round", "rounds", "verdict"}), 'verify' (measuring the verdict) or 'done'."""
 
     kind: str  # also 'skip' (resume: stored and matching) and 'failed' (keep_going; info: text)
     concept: str
     done: int = 0
     total: int = 0
     info: Any = None
-
-
-def erase_settings(store: Store, base: BaseInfo, overrides: dict[str, Any]) -> dict[str, Any]:
-    """Defaults for the base's profile, then config.toml, then the command line."""
-    settings = dict(load_config(store.root).erase(base.profile))
-    settings.update({k: v for k, v in overrides.items() if v is not None})
-    return settings
 
 
 def _mentions(prompt: str, phrase: str) -> bool:
@@ -220,83 +213,6 @@ def training_latents(
     return latents, passes, False
 
 
-@dataclass(frozen=True)
-class _Trained:
-    increment: Any
-    iterations: int
-    stop_reason: str
-    unet_passes_training: int
-    m_k: int | None
-    settings: dict[str, Any]
-    stats: dict[str, Any]
-
-
-def _train(
-    method: str,
-    pipe: Any,
-    prompt: str,
-    e_k: list[str],
-    latents: Any,
-    config: Any,
-    overrides: dict[str, Any],
-    device: Any,
-    on_step: Callable[[Any], None],
-) -> _Trained:
-    """Run one method; baselines take their own defaults unless the command line overrides them."""
-    from dataclasses import asdict
-
-    given = {k: v for k, v in overrides.items() if v is not None}
-    if method in ("sepme", "sepme-cf"):
-        from sepme_engine.erase.sepme import closed_form_sepme, train_sepme
-
-        if method == "sepme":
-            r = train_sepme(pipe, prompt, e_k, latents, config, device, progress=on_step)
-        else:
-            r = closed_form_sepme(pipe, prompt, e_k, config, device)
-        stats = {
-            "final_lcor": r.final_lcor,
-            "final_m": r.final_m,
-            "train_wall_s": round(r.wall_s, 3),
-            "concept_null_fraction": r.concept_null_fraction,
-            "kv_gap_left": r.cf_gap_left,
-            "lcor_start": sum(r.lcor_history[:10]) / max(1, len(r.lcor_history[:10])),
-        }
-        return _Trained(
-            r.increment,
-            r.iterations,
-            r.stop_reason,
-            r.unet_passes_training,
-            r.m_k,
-            asdict(config),
-            stats,
-        )
-    if method == "esd-x":
-        from sepme_engine.erase.esd import EsdConfig, train_esd
-
-        cfg: Any = EsdConfig(**{k: given[k] for k in ("steps", "lr", "seed") if k in given})
-        r2 = train_esd(pipe, prompt, latents, cfg, device, progress=on_step)
-    elif method == "fmn":
-        from sepme_engine.erase.fmn import FmnConfig, train_fmn
-
-        cfg = FmnConfig(**{k: given[k] for k in ("steps", "lr", "seed") if k in given})
-        r2 = train_fmn(pipe, prompt, latents, cfg, device, progress=on_step)
-    else:
-        from sepme_engine.erase.uce import UceConfig, train_uce
-
-        cfg = UceConfig()
-        r2 = train_uce(pipe, prompt, e_k, cfg, device)
-    stats = {"final_loss": r2.final_loss, "train_wall_s": round(r2.wall_s, 3)}
-    return _Trained(
-        r2.increment,
-        r2.iterations,
-        r2.stop_reason,
-        r2.unet_passes_training,
-        None,
-        asdict(cfg),
-        stats,
-    )
-
-
 def erase(
     store: Store,
     concepts: Sequence[str],
@@ -340,14 +256,13 @@ def erase(
     `failed` and the others go on."""
     import torch
 
-    from sepme_engine.erase.sepme import SepMEConfig
     from sepme_engine.models.text import check_prompt, check_vocabulary
 
     emit = on_event or (lambda _e: None)
     if not concepts:
         raise InvalidInput("name at least one concept to erase", kind="no-concept")
-    if method not in METHODS:
-        raise InvalidInput(f"unknown method {method!r}", hint=f"choose one of {', '.join(METHODS)}")
+    module = erase_settings.method_module(method)
+    erase_settings.check_options(method, overrides or {})
     if prompt is not None and len(concepts) > 1:
         raise InvalidInput(
             "--prompt applies to one concept; several were given",
@@ -381,30 +296,16 @@ def erase(
     cfg = load_config(store.root)
     dev = resolve_device(device or cfg.get("device"))
     dtype_name = resolve_dtype(dtype or cfg.get("dtype"), dev)
-    settings = erase_settings(store, info, overrides or {})
+    # the method's Config, built once: defaults < config.toml < the command line
+    settings = erase_settings.build(method, info.profile, cfg, overrides, dtype=dtype_name)
+    config = settings.config
     from sepme_engine.increments import store_view  # E_k's view, checked again when saving
 
     mine = set(names) | mates
     view = store_view(store, info.name, exclude=mine)
     earlier = [i.prompt for i in list_increments(store, info.name) if i.concept not in mine]
-    default_preserve = list(settings.get("preserve", [])) if use_default_preserve else []
-    config = SepMEConfig(
-        alpha=float(settings["alpha"]),
-        beta=float(settings["beta"]),
-        lam=float(settings["lam"]),
-        tau=float(settings["tau"]),
-        lr=float(settings["lr"]),
-        max_steps=int(settings["steps"]),
-        batch_size=int(settings["batch_size"]),
-        seed=int(settings["seed"]),
-        n_images=int(settings["images"]),
-        image_steps=int(settings["image_steps"]),
-        guidance=float(settings["image_guidance"]),
-        dtype=dtype_name,
-        init=str(settings["init"]),
-        anchor=str(settings["anchor"]),
-    )
-    if until_erased and method != "sepme":
+    default_preserve = list(settings.preserve) if use_default_preserve else []
+    if until_erased and getattr(module, "next_round", None) is None:
         raise InvalidInput(
             f"--until-erased trains SepME again with a lower τ; it does not apply to {method}",
             hint="drop --until-erased, or use --method sepme",
@@ -474,7 +375,7 @@ def erase(
         check_vocabulary(pipe, p, force=force)  # words the tokenizer only spells out
     for p in [*preserve, *default_preserve, *(q for v in extra_preserve.values() for q in v)]:
         check_prompt(pipe, p)
-    toy_samples = int(settings.get("verify_samples", 0)) if info.profile == "toy" else 0
+    toy_samples = settings.verify_samples if info.profile == "toy" else 0
     for name, p in targets:
         try:
             outcome = _one(
@@ -485,10 +386,7 @@ def erase(
                 p,
                 e_ks[name],
                 requests[name],
-                config,
                 settings,
-                method,
-                overrides or {},
                 dev,
                 dtype_name,
                 verify,
@@ -530,10 +428,7 @@ def _one(
     p: str,
     e_k: list[str],
     request: dict[str, Any],
-    config: Any,
-    settings: dict[str, Any],
-    method: str,
-    overrides: dict[str, Any],
+    settings: erase_settings.EraseSettings,
     dev: Any,
     dtype_name: str,
     verify: bool,
@@ -545,7 +440,9 @@ def _one(
     emit: Callable[[Event], None],
 ) -> ConceptOutcome:
     """Train, judge and save one concept's increment."""
-    emit(Event("start", name, total=config.max_steps, info={"tau": config.tau}))
+    method = settings.method
+    module = erase_settings.method_module(method)
+    emit(Event("start", name))
     t0 = time.perf_counter()
 
     def on_images(done: int, total: int, name: str = name) -> None:
@@ -556,12 +453,13 @@ def _one(
 
     data_passes, cached = 0, False
     latents = None
-    if method not in ("uce", "sepme-cf"):
+    if module.TRAINING_DATA:
+        data = {k: settings.word(k) for k in ("images", "image_steps", "image_guidance", "seed")}
         latents, data_passes, cached = training_latents(
-            store, info, pipe, p, settings, dev, dtype_name, progress=on_images
+            store, info, pipe, p, data, dev, dtype_name, progress=on_images
         )
-    run_cfg = config
-    trained = _train(method, pipe, p, e_k, latents, run_cfg, overrides, dev, on_step)
+    run_cfg = settings.config
+    trained = module.train(pipe, p, e_k, latents, run_cfg, dev, progress=on_step)
     checked = None
     verdict_passes = 0
     rounds = 1
@@ -569,9 +467,9 @@ def _one(
         emit(Event("verify", name))
         checked = _verdict(pipe, trained, p, latents, toy_samples)
         verdict_passes += checked.unet_passes
-        extra = int(settings.get("until_rounds", 3)) if until_erased else 0
+        extra = settings.until_rounds if until_erased else 0
         while checked.status != "erased" and rounds <= extra:
-            run_cfg = _next_round(run_cfg, trained)
+            run_cfg = module.next_round(run_cfg, trained)
             emit(
                 Event(
                     "round",
@@ -587,13 +485,14 @@ def _one(
                     },
                 )
             )
-            trained = _train(method, pipe, p, e_k, latents, run_cfg, {}, dev, on_step)
+            trained = module.train(pipe, p, e_k, latents, run_cfg, dev, progress=on_step)
             checked = _verdict(pipe, trained, p, latents, toy_samples)
             verdict_passes += checked.unet_passes
             rounds += 1
     wall = time.perf_counter() - t0
     stats = {
         **trained.stats,
+        "train_wall_s": round(trained.wall_s, 3),
         "unet_passes_data": data_passes,
         "unet_passes_training": trained.unet_passes_training,
         "data_cached": cached,
@@ -614,8 +513,8 @@ def _one(
         m_k=trained.m_k,
         iterations=trained.iterations,
         stop_reason=trained.stop_reason,
-        preserve_prompts=["", *e_k] if method in ("sepme", "sepme-cf", "uce") else [],
-        settings={**trained.settings, "method": method},
+        preserve_prompts=["", *e_k] if module.KEEPS_PRESERVE else [],
+        settings=settings_record(method, run_cfg),
         stats=stats,
         force=force,
         activate=apply,
@@ -640,14 +539,14 @@ def _one(
         judged_rate=checked.judged_rate if checked else None,
         chance_rate=checked.chance_rate if checked else None,
         next_step=checked.next_step if checked else "",
-        tau=run_cfg.tau if method == "sepme" else None,
+        tau=getattr(run_cfg, "tau", None),  # a method that stops on a threshold
         rounds=rounds,
         unet_passes_verdict=verdict_passes,
     )
     return outcome
 
 
-def _verdict(pipe: Any, trained: _Trained, prompt: str, latents: Any, toy_samples: int) -> Any:
+def _verdict(pipe: Any, trained: Any, prompt: str, latents: Any, toy_samples: int) -> Any:
     """The verdict of a trained increment; without training latents (closed-form methods) the
     correlation is measured on noise-only draws (x_0 = 0)."""
     import torch
@@ -669,15 +568,3 @@ def _verdict(pipe: Any, trained: _Trained, prompt: str, latents: Any, toy_sample
         toy_concept=toy_concept,
         toy_samples=max(toy_samples, 1),
     )
-
-
-def _next_round(config: Any, trained: _Trained) -> Any:
-    """--until-erased: the next training's config — twice the cap when the run reached it, else
-    τ lowered by max(|τ|, ½·|mean L_cor of the first 10 iterations|, 1e-4)."""
-    import dataclasses
-
-    if trained.stop_reason == "cap":
-        return dataclasses.replace(config, max_steps=2 * config.max_steps)
-    start = abs(float(trained.stats.get("lcor_start", 0.0)))
-    step = max(abs(config.tau), 0.5 * start, 1e-4)
-    return dataclasses.replace(config, tau=config.tau - step)

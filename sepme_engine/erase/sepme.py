@@ -17,7 +17,11 @@ guidance combines.) Early stopping on the momentum m_n of L_cor (`EarlyStopper`)
 test runs *before* the optimiser step, so the returned increment is exactly the C that produced
 the stopping L_cor. Adam on C only, gradients zeroed every step. The frozen UNet may be in
 bf16/fp16; C, ΔW and the loss are float32. All randomness comes from one CPU torch.Generator
-seeded with `config.seed`, so a run is reproducible and draws the same t/noise on any device.
+seeded with `config.seed` (`common.NoisedDraw`, the draw ESD-x and FMN use too), so a run is
+reproducible and draws the same t/noise on any device.
+
+The method as `sepme erase` runs it (the registry, erase/__init__.py): `NAME`, `Config`
+(`SepMEConfig`), `Step` (`StepInfo`), `train` and, for `--until-erased`, `next_round`.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import dataclasses
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -36,10 +40,12 @@ from sepme_engine.delta import hooks
 from sepme_engine.delta.increment import Increment
 from sepme_engine.delta.layers import cross_attention_kv
 from sepme_engine.erase.closed_form import KvGap, closed_form_coefs
+from sepme_engine.erase.common import MethodResult, NoisedDraw, frozen_unet, provenance
 from sepme_engine.erase.nullspace import DEFAULT_RTOL, null_space
 from sepme_engine.errors import InvalidInput, TrainingDiverged
 from sepme_engine.models.text import check_prompt, encode_prompts
 
+NAME = "sepme"
 StopReason = Literal["threshold", "cap", "interrupted", "closed-form"]
 Init = Literal["zero", "closed-form"]
 INITS: tuple[str, ...] = ("closed-form", "zero")
@@ -115,6 +121,10 @@ class StepInfo:
     l1: float  # Σ‖ΔW‖₁ / M
     momentum: float  # m_n
     elapsed_s: float
+    tau: float | None = None  # the threshold m_n is tested against
+
+
+Step = StepInfo
 
 
 @dataclass(frozen=True)
@@ -129,25 +139,8 @@ class SepMEResult:
     wall_s: float
     m_k: int  # null-space dimension (rows of the basis)
     concept_null_fraction: float  # ‖e(c)·Sᵀ‖_F / ‖e(c)‖_F: how much of the concept S can reach
-    # for each of `train_sepme(also_stop_at=...)`'s thresholds that was crossed before the run
-    # ended: the result a run with that τ would have returned (the same trajectory, cut earlier)
-    snapshots: dict[float, SepMESnapshot] = field(default_factory=dict, repr=False)
     # the closed form's key/value gap left (after/before, closed_form.KvGap.left); None for init zero
     cf_gap_left: float | None = None
-
-
-@dataclass(frozen=True)
-class SepMESnapshot:
-    """What a run with threshold `tau` would have returned (fields as in SepMEResult)."""
-
-    tau: float
-    increment: Increment
-    iterations: int
-    final_lcor: float
-    final_m: float
-    unet_passes_training: int
-    wall_s: float
-    stop_reason: StopReason = "threshold"
 
 
 class EarlyStopper:
@@ -214,19 +207,13 @@ def train_sepme(
     config: SepMEConfig,
     device: str | torch.device,
     progress: Callable[[StepInfo], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
-    also_stop_at: Sequence[float] = (),
 ) -> SepMEResult:
     """Erase `prompt` from `pipe`'s UNet; return the increment (the pipe is left unchanged).
 
     `preserve_prompts`: the other concepts, previously erased ones and user preserves ("" is
     always added). `latents` `[N, 4, h, w]`: training x_0 from `data.generate_training_latents`.
-    `pipe` must already be on `device` in `config.dtype`. `should_stop()` returning True ends
-    training at the current iteration with stop_reason "interrupted" (increment kept as is).
-    `also_stop_at`: other thresholds τ' to watch on the same run; where m_n first falls below one
-    (after min_steps), `snapshots[τ']` keeps the increment a run with τ = τ' would have returned
-    (the run is deterministic, so it is the same trajectory): a lower τ and the default one cost
-    one run instead of two.
+    `pipe` must already be on `device` in `config.dtype`. `progress` receives a `StepInfo`
+    after every iteration.
     Raises InvalidInput, NullSpaceEmpty, TrainingDiverged.
     """
     start = time.perf_counter()
@@ -248,12 +235,6 @@ def train_sepme(
     null_fraction = float((ec64 @ basis.double().T).norm() / ec64.norm().clamp_min(1e-30))
 
     # --- setup ------------------------------------------------------------------------------------
-    from diffusers import DDPMScheduler
-
-    schedule = DDPMScheduler.from_config(pipe.scheduler.config)
-    alphas_cumprod = schedule.alphas_cumprod.to(torch.float32)
-    n_train_t = int(schedule.config.num_train_timesteps)
-
     layers = cross_attention_kv(unet)
     names = [n for n, _ in layers]
     n_layers = len(names)
@@ -276,8 +257,7 @@ def train_sepme(
         }
     optimizer = torch.optim.Adam(list(coef_params.values()), lr=config.lr)
     stopper = EarlyStopper(config.alpha, config.tau, config.min_steps, config.max_steps)
-    generator = torch.Generator(device="cpu").manual_seed(config.seed)
-    latents_cpu = latents.detach().to("cpu", torch.float32)
+    draw = NoisedDraw(pipe, latents, config.seed)
     udtype = unet.dtype
     bsz = config.batch_size
     e_c = emb_c.to(device, udtype).expand(bsz, -1, -1)
@@ -291,10 +271,8 @@ def train_sepme(
 
     def meta(iterations: int, reason: str, lcor: float, cfg: SepMEConfig) -> dict[str, str]:
         return {
-            "sepme.method": "sepme",
+            **provenance(NAME, cfg, preserve),
             "sepme.prompt": prompt,
-            "sepme.preserve": json.dumps(preserve),
-            "sepme.config": cfg.to_json(),
             "sepme.m": str(m_k),
             "sepme.iterations": str(iterations),
             "sepme.stop_reason": reason,
@@ -302,25 +280,10 @@ def train_sepme(
         }
 
     history: list[float] = []
-    watchers = {
-        float(tau): EarlyStopper(config.alpha, float(tau), config.min_steps) for tau in also_stop_at
-    }
-    snapshots: dict[float, SepMESnapshot] = {}
-    grad_flags = {n: p.requires_grad for n, p in unet.named_parameters()}
-    was_training = unet.training
-    unet.requires_grad_(False)
-    unet.eval()
-    hooks.attach(unet)
-    try:
+    with frozen_unet(unet):
         while True:
             n = stopper.n + 1
-            idx = torch.randint(0, latents_cpu.shape[0], (bsz,), generator=generator)
-            t = torch.randint(0, n_train_t, (bsz,), generator=generator)
-            noise = torch.randn((bsz, *latents_cpu.shape[1:]), generator=generator)
-            x0 = latents_cpu[idx]
-            a = alphas_cumprod[t].view(-1, 1, 1, 1)
-            x_t = (a.sqrt() * x0 + (1.0 - a).sqrt() * noise).to(device, udtype)
-            t_dev = t.to(device)
+            x_t, t_dev = draw.draw(bsz, device, udtype)
 
             coefs = {name: config.beta * c for name, c in coef_params.items()}
             hooks.set_terms(unet, {name: [(basis_dev, coefs[name])] for name in names})
@@ -360,24 +323,6 @@ def train_sepme(
                 )
             history.append(lcor_v)
             stop = stopper.update(lcor_v)
-            for tau, watcher in watchers.items():
-                if tau not in snapshots and watcher.update(lcor_v):
-                    n_its = len(history)
-                    snap_cfg = dataclasses.replace(config, tau=tau)
-                    snapshots[tau] = SepMESnapshot(
-                        tau,
-                        Increment.factored(
-                            basis,
-                            {name: c.detach().cpu().clone() for name, c in coefs.items()},
-                            meta(n_its, "threshold", lcor_v, snap_cfg),
-                        ),
-                        n_its,
-                        lcor_v,
-                        watcher.momentum,
-                        3 * bsz * n_its,
-                        time.perf_counter() - start,
-                    )
-            interrupted = should_stop is not None and should_stop()
             if progress is not None:
                 progress(
                     StepInfo(
@@ -388,19 +333,15 @@ def train_sepme(
                         l1_v,
                         stopper.momentum,
                         time.perf_counter() - start,
+                        stopper.tau,
                     )
                 )
-            if stop or interrupted:
+            if stop:
                 reason: StopReason = stopper.stop_reason or "interrupted"
                 break
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-    finally:
-        hooks.detach(unet)
-        for name, p in unet.named_parameters():
-            p.requires_grad_(grad_flags[name])
-        unet.train(was_training)
 
     # exactly the coefficients whose forward produced the stopping L_cor
     final_coefs = {name: c.detach().cpu() for name, c in coefs.items()}
@@ -418,7 +359,6 @@ def train_sepme(
         wall_s=time.perf_counter() - start,
         m_k=m_k,
         concept_null_fraction=null_fraction,
-        snapshots=snapshots,
         cf_gap_left=cf_gap_left,
     )
 
@@ -450,9 +390,12 @@ def closed_form_sepme(
     preserve_prompts: Sequence[str],
     config: SepMEConfig,
     device: str | torch.device,
+    method: str = "sepme-cf",
+    record: Any = None,
 ) -> SepMEResult:
     """`sepme-cf`: the closed-form decoupled increment alone (no UNet pass; closed_form.py).
-    Same E_k, basis and increment format as `train_sepme`; iterations 0, stop "closed-form"."""
+    Same E_k, basis and increment format as `train_sepme`; iterations 0, stop "closed-form".
+    `record`: the Config the increment's provenance records (default `config`)."""
     start = time.perf_counter()
     device, unet = _checked_pipe(pipe, prompt, device)
     preserve = preserve_set(prompt, preserve_prompts)
@@ -467,12 +410,13 @@ def closed_form_sepme(
     if not layers:
         raise InvalidInput("the UNet has no cross-attention to_k/to_v layers")
     coefs, gap = _closed_form(pipe, prompt, preserve, layers, basis, emb_c, config)
-    cfg = dataclasses.replace(config, init="closed-form")
     meta = {
-        "sepme.method": "sepme-cf",
+        **provenance(
+            method,
+            record if record is not None else dataclasses.replace(config, init="closed-form"),
+            preserve,
+        ),
         "sepme.prompt": prompt,
-        "sepme.preserve": json.dumps(preserve),
-        "sepme.config": cfg.to_json(),
         "sepme.m": str(int(basis.shape[0])),
         "sepme.iterations": "0",
         "sepme.stop_reason": "closed-form",
@@ -491,3 +435,73 @@ def closed_form_sepme(
         concept_null_fraction=null_fraction,
         cf_gap_left=gap.left,
     )
+
+
+# --- the method as `sepme erase` runs it (erase/__init__.py) -------------------------------------
+
+Config = SepMEConfig
+# config.toml / command-line words that name a Config field differently (the only renames)
+WORDS: Mapping[str, str] = {
+    "steps": "max_steps",
+    "images": "n_images",
+    "image_guidance": "guidance",
+}
+SET_BY_RUN = ("dtype",)  # the pipeline's dtype, not a setting
+TRAINING_DATA = True  # trains on latents sampled from the concept prompt (erase/data.py)
+KEEPS_PRESERVE = True  # E_k is part of the increment (and recorded with it)
+
+
+def defaults(arch: str, erase: Mapping[str, Any]) -> dict[str, Any]:
+    """SepME's settings by word before its own tables: `erase` is the base profile's
+    `[erase]` / `[erase.ARCH]` settings (built-in defaults < config.toml), which are SepME's."""
+    del arch  # the profile's defaults are already in `erase`
+    rename = {f: w for w, f in WORDS.items()}
+    words = {rename.get(f.name, f.name) for f in dataclasses.fields(Config)} - set(SET_BY_RUN)
+    return {k: v for k, v in erase.items() if k in words}
+
+
+def train(
+    pipe: Any,
+    prompt: str,
+    preserve_prompts: Sequence[str],
+    latents: torch.Tensor | None,
+    config: SepMEConfig,
+    device: str | torch.device,
+    progress: Callable[[StepInfo], None] | None = None,
+) -> MethodResult:
+    """`train_sepme` as every method's `train` returns it."""
+    if latents is None:
+        raise InvalidInput("SepME trains on latents sampled from the concept prompt")
+    r = train_sepme(pipe, prompt, preserve_prompts, latents, config, device, progress=progress)
+    return MethodResult(
+        increment=r.increment,
+        iterations=r.iterations,
+        stop_reason=r.stop_reason,
+        unet_passes_training=r.unet_passes_training,
+        wall_s=r.wall_s,
+        final_loss=r.final_lcor,
+        loss_history=r.lcor_history,
+        m_k=r.m_k,
+        stats=result_stats(r),
+    )
+
+
+def result_stats(r: SepMEResult) -> dict[str, Any]:
+    """What the manifest's stats record of a SepME run besides the common counts."""
+    return {
+        "final_lcor": r.final_lcor,
+        "final_m": r.final_m,
+        "concept_null_fraction": r.concept_null_fraction,
+        "kv_gap_left": r.cf_gap_left,
+        "lcor_start": sum(r.lcor_history[:10]) / max(1, len(r.lcor_history[:10])),
+    }
+
+
+def next_round(config: SepMEConfig, result: MethodResult) -> SepMEConfig:
+    """--until-erased: the next training's config — twice the cap when the run reached it, else
+    τ lowered by max(|τ|, ½·|mean L_cor of the first 10 iterations|, 1e-4)."""
+    if result.stop_reason == "cap":
+        return dataclasses.replace(config, max_steps=2 * config.max_steps)
+    start = abs(float(result.stats.get("lcor_start", 0.0)))
+    step = max(abs(config.tau), 0.5 * start, 1e-4)
+    return dataclasses.replace(config, tau=config.tau - step)

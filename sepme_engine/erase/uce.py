@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -45,12 +45,12 @@ import torch
 
 from sepme_engine.delta.increment import Increment
 from sepme_engine.delta.layers import cross_attention_kv
-from sepme_engine.erase.common import MethodResult, concept_positions
+from sepme_engine.erase.common import MethodResult, MethodStep, concept_positions, provenance
 from sepme_engine.erase.sepme import preserve_set
 from sepme_engine.errors import InvalidInput
 from sepme_engine.models.text import check_prompt, encode_prompts
 
-METHOD = "uce"
+NAME = METHOD = "uce"
 
 
 @dataclass(frozen=True)
@@ -136,10 +136,8 @@ def train_uce(
     gap_left = gap_after / gap_before if gap_before > 0 else 0.0
 
     meta = {
-        "sepme.method": METHOD,
+        **provenance(NAME, config, preserve),
         "sepme.prompt": prompt,
-        "sepme.preserve": json.dumps(preserve),
-        "sepme.config": config.to_json(),
         "sepme.rows": json.dumps(rows),
         "sepme.stop_reason": "closed-form",
         "sepme.final_loss": repr(gap_left),
@@ -152,4 +150,34 @@ def train_uce(
         wall_s=time.perf_counter() - start,
         final_loss=gap_left,
         loss_history=[gap_left],
+        stats={"final_loss": gap_left},
     )
+
+
+# --- the method as `sepme erase` runs it (erase/__init__.py) -------------------------------------
+
+Config = UceConfig
+Step = MethodStep  # never emitted: a closed form
+WORDS: Mapping[str, str] = {}
+SET_BY_RUN: tuple[str, ...] = ()
+TRAINING_DATA = False
+KEEPS_PRESERVE = True
+
+
+def defaults(arch: str, erase: Mapping[str, Any]) -> dict[str, Any]:
+    """The reference code's settings (the Config's defaults) on every base."""
+    del arch, erase
+    return {}
+
+
+def train(
+    pipe: Any,
+    prompt: str,
+    preserve_prompts: Sequence[str],
+    latents: torch.Tensor | None,
+    config: UceConfig,
+    device: str | torch.device,
+    progress: Callable[[MethodStep], None] | None = None,
+) -> MethodResult:
+    del latents, progress
+    return train_uce(pipe, prompt, preserve_prompts, config, device)
