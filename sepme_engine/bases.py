@@ -436,7 +436,7 @@ _FLOAT_ST_DTYPES = ("F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2")
 
 
 def stored_float_dtype(store: Store, info: BaseInfo) -> str | None:
-    """"fp16" or "bf16" when every floating tensor of the base's weight files is stored in that
+    """ "fp16" or "bf16" when every floating tensor of the base's weight files is stored in that
     dtype (all of them .safetensors), else None. Loading such a base in that dtype holds exactly
     the stored values (fp16/bf16 -> fp32 is exact), in half the memory of float32."""
     from sepme_engine.safetensors_header import read_header
@@ -449,7 +449,9 @@ def stored_float_dtype(store: Store, info: BaseInfo) -> str | None:
             rels = diffusers_files(path, allow_pickle=True)
         except InvalidInput:
             return None
-        files = [path / r for r in rels if Path(r).suffix.lower() in (*PICKLE_SUFFIXES, ".safetensors")]
+        files = [
+            path / r for r in rels if Path(r).suffix.lower() in (*PICKLE_SUFFIXES, ".safetensors")
+        ]
     seen: set[str] = set()
     for f in files:
         if f.suffix.lower() != ".safetensors":
