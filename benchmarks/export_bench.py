@@ -306,14 +306,326 @@ def child_compose(ms: list[int]) -> dict[str, Any]:
     return {"kind": "compose", "rows": rows}
 
 
+# -- SDXL: the real commands' engine functions on a random-weight SDXL-sized single file --------
+XL = "xl"
+XL_ERASED = ["concept-0", "concept-1"]
+
+
+def _vm_hwm() -> int:
+    """Peak RSS since the last `_reset_hwm` (VmHWM), in bytes."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def _rss_parts() -> dict[str, int]:
+    """RssAnon / RssFile now, bytes (a safetensors-loaded model may be file-backed, mmap'd)."""
+    out = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(("RssAnon:", "RssFile:")):
+                out[line.split(":")[0]] = int(line.split()[1]) * 1024
+    return out
+
+
+def _warm_xl(pipe: Any) -> None:
+    """Read every weight once (pages in an mmap'd model), as `warm` does for SD 1.5."""
+    import torch
+
+    with torch.no_grad():
+        for c in ("unet", "vae", "text_encoder", "text_encoder_2"):
+            for p in getattr(pipe, c).parameters():
+                p.sum()
+
+
+def _reset_hwm() -> None:
+    """Reset the peak-RSS mark to the current RSS (Linux >= 4.0), so each phase has its own."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def child_sdxl_make(path: Path) -> dict[str, Any]:
+    """The fixture: a random SDXL built directly in fp16 (never fp32), written as an A1111/ComfyUI
+    single file (SGM key layout, no sepme metadata: what a downloaded SDXL checkpoint is)."""
+    import torch
+
+    from sepme_engine.export.safetensors_writer import TensorEntry, write_safetensors
+    from sepme_engine.models.ldm_keys import ldm_key_map
+
+    t0 = time.perf_counter()
+    pipe = build_sdxl_pipe(dtype="fp16")
+    build_s = time.perf_counter() - t0
+    comps = ("unet", "vae", "text_encoder", "text_encoder_2")
+    sds = {c: getattr(pipe, c).state_dict() for c in comps}
+    entries = []
+    for e in ldm_key_map({c: sd.keys() for c, sd in sds.items()}, "sdxl"):
+        srcs = [sds[e.component][k] for k in e.diffusers_keys]
+        metas = [torch.empty(x.shape, dtype=x.dtype, device="meta") for x in srcs]
+        shape = tuple(e.build(metas).shape)
+        entries.append(
+            TensorEntry(e.ldm_key, srcs[0].dtype, shape, lambda e=e, srcs=srcs: e.build(srcs))
+        )
+    t1 = time.perf_counter()
+    n = write_safetensors(path, entries, {"format": "pt"})
+    return {
+        "kind": "sdxl fixture",
+        "build_s": build_s,
+        "write_s": time.perf_counter() - t1,
+        "bytes": n,
+        "n_tensors": len(entries),
+        "params": {c: sum(p.numel() for p in getattr(pipe, c).parameters()) for c in comps},
+        "peak_rss": _rss_peak(),
+    }
+
+
+def _xl_increments(layers: list[tuple[str, list[int]]], n: int, m: int, seed: int) -> list[Any]:
+    """Random factored increments (m-row orthonormal basis over the 2048-d text space)."""
+    import torch
+
+    from sepme_engine.delta.increment import Increment
+
+    d_in = layers[0][1][1]
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        basis = torch.linalg.qr(torch.randn(d_in, m, generator=g))[0].T
+        coefs = {k: torch.randn(s[0], m, generator=g) * 1e-4 for k, s in layers}
+        out.append(Increment.factored(basis, coefs))
+    return out
+
+
+def child_sdxl_add(arg: str) -> dict[str, Any]:
+    """`base add xl FILE --link`, two stored random increments, `compose --erase` both."""
+    from sepme_engine.bases import add_base
+    from sepme_engine.compose import compose
+    from sepme_engine.increments import save_increment
+    from sepme_engine.store import Store
+
+    home, src = arg.split("::")
+    store = Store(Path(home))
+    t0 = time.perf_counter()
+    info = add_base(store, XL, src, link=True)
+    add_s = time.perf_counter() - t0
+    layers = [(n, list(s)) for n, s in info.cross_attn_layers]
+    t0 = time.perf_counter()
+    for name, inc in zip(XL_ERASED, _xl_increments(layers, len(XL_ERASED), 16, 1), strict=True):
+        save_increment(
+            store,
+            info,
+            name,
+            inc,
+            prompt=name,
+            method="bench-random",
+            m_k=16,
+            iterations=0,
+            stop_reason="benchmark",
+            preserve_prompts=[],
+            settings={},
+            stats={},
+            activate=False,
+        )
+    inc_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    res = compose(store, XL, erase=XL_ERASED)
+    return {
+        "kind": "sdxl base add --link + compose",
+        "base_add_link_s": add_s,
+        "arch": info.arch,
+        "n_kv_layers": len(layers),
+        "save_increments_s": inc_s,
+        "compose_s": time.perf_counter() - t0,
+        "active": list(res.active),
+        "peak_rss": _rss_peak(),
+    }
+
+
+def child_sdxl_export(arg: str, reps: int) -> dict[str, Any]:
+    """`sepme export` (engine `export.run.export`, format ldm, fp16) of the composed SDXL base.
+    `export_single_file` is wrapped only to take marks between the load and the write, and to
+    repeat the write `reps` times on the loaded model."""
+    import sepme_engine.export.single_file as sf
+    from sepme_engine.export.run import export
+    from sepme_engine.store import Store
+
+    home, out_s = arg.split("::")
+    out = Path(out_s)
+    store = Store(Path(home))
+    marks: dict[str, Any] = {"load_avg_1m_start": os.getloadavg()[0]}
+    orig = sf.export_single_file
+
+    def measured(pipe: Any, deltas: Any, dest: Path, **kw: Any) -> Any:
+        marks["held_dtype"] = str(next(pipe.unet.parameters()).dtype)
+        marks["load_compose_s"] = time.perf_counter() - marks["t0"]
+        marks["load_peak"], marks["rss_loaded"] = _vm_hwm(), _rss_parts()
+        _warm_xl(pipe)
+        marks["rss_model"], marks["rss_model_parts"] = _rss_now(), _rss_parts()
+        marks["n_deltas"] = len(deltas)
+        walls, rises = [], []
+        for _ in range(reps):
+            Path(dest).unlink(missing_ok=True)
+            _reset_hwm()
+            t = time.perf_counter()
+            orig(pipe, deltas, dest, **kw)
+            walls.append(time.perf_counter() - t)
+            rises.append(_vm_hwm() - marks["rss_model"])
+        marks["wall_s"], marks["peak_above_model"] = walls, rises
+        nohash = []  # the same writes without the modelspec.hash_sha256 (diagnostic)
+        for _ in range(reps):
+            Path(dest).unlink(missing_ok=True)
+            t = time.perf_counter()
+            orig(pipe, deltas, dest, **{**kw, "sha256": False})
+            nohash.append(time.perf_counter() - t)
+        marks["wall_s_nohash"] = nohash
+        Path(dest).unlink(missing_ok=True)
+        return orig(pipe, deltas, dest, **kw)  # the file export() itself reports
+
+    sf.export_single_file = measured  # run.export imports it at call time
+    marks["t0"] = time.perf_counter()
+    rep = export(store, out, base=XL)
+    total_s = time.perf_counter() - marks["t0"]
+    size = out.stat().st_size
+    out.unlink()
+    return {
+        "kind": "sdxl export (engine export.run.export, ldm fp16)",
+        "total_s_first": total_s,
+        "bytes": size,
+        "report_bytes": rep.bytes_written,
+        "n_tensors": rep.n_tensors,
+        "erased": json.loads(rep.metadata["sepme.increments"]),
+        **{k: v for k, v in marks.items() if k != "t0"},
+        "ru_maxrss": _rss_peak(),
+        "load_avg_1m_end": os.getloadavg()[0],
+    }
+
+
+def child_sdxl_baseline(arg: str, reps: int) -> dict[str, Any]:
+    """The same tensors (the composed LDM state, fp16) written by `safetensors.torch.save_file`,
+    from the same base loaded the same way."""
+    import torch
+    from safetensors.torch import save_file
+
+    from sepme_engine.bases import get_base, load_base
+    from sepme_engine.compose import composition_deltas, selection
+    from sepme_engine.export.report import compose_weight
+    from sepme_engine.models.ldm_keys import ldm_key_map
+    from sepme_engine.store import Store
+
+    home, out_s = arg.split("::")
+    out = Path(out_s)
+    store = Store(Path(home))
+    info = get_base(store, XL)
+    t0 = time.perf_counter()
+    pipe = load_base(store, XL, dtype=torch.float16)
+    deltas = composition_deltas(store, info, selection(store, info))
+    load_s = time.perf_counter() - t0
+    load_peak, rss_loaded = _vm_hwm(), _rss_parts()
+    _warm_xl(pipe)
+    rss_model, rss_model_parts = _rss_now(), _rss_parts()
+    _reset_hwm()
+    comps = ("unet", "vae", "text_encoder", "text_encoder_2")
+    sds = {c: getattr(pipe, c).state_dict() for c in comps}
+    unet_d = {k + ".weight": d for k, d in deltas.items()}
+    t0 = time.perf_counter()
+    tensors = {
+        e.ldm_key: e.build(
+            [
+                compose_weight(
+                    sds[e.component][k],
+                    unet_d.get(k) if e.component == "unet" else None,
+                    torch.float16,
+                )
+                for k in e.diffusers_keys
+            ]
+        ).contiguous()
+        for e in ldm_key_map({c: sd.keys() for c, sd in sds.items()}, "sdxl")
+    }
+    cast_s = time.perf_counter() - t0
+    save_s, fsync_s, rises = [], [], []
+    for _ in range(reps):
+        out.unlink(missing_ok=True)
+        t1 = time.perf_counter()
+        save_file(tensors, str(out), metadata={"sepme.version": "bench"})
+        t2 = time.perf_counter()
+        _fsync(out)
+        save_s.append(t2 - t1)
+        fsync_s.append(time.perf_counter() - t2)
+        rises.append(_vm_hwm() - rss_model)
+    size = out.stat().st_size
+    out.unlink(missing_ok=True)
+    return {
+        "kind": "sdxl save_file (same composed fp16 tensors)",
+        "load_compose_s": load_s,
+        "compose_cast_s": cast_s,
+        "save_s": save_s,
+        "fsync_s": fsync_s,
+        "bytes": size,
+        "n_tensors": len(tensors),
+        "rss_model": rss_model,
+        "rss_model_parts": rss_model_parts,
+        "rss_loaded": rss_loaded,
+        "load_peak": load_peak,
+        "peak_above_model": rises,
+        "ru_maxrss": _rss_peak(),
+    }
+
+
+def child_sdxl_load32(arg: str, limit: int) -> dict[str, Any]:
+    """What the export held before it kept an fp16 base in fp16: `load_base` in float32. A
+    watchdog stops the load when RSS passes `limit` bytes (the machine is shared)."""
+    import threading
+
+    import torch
+
+    from sepme_engine.bases import load_base
+    from sepme_engine.store import Store
+
+    store = Store(Path(arg))
+    t0 = time.perf_counter()
+    state = {"max": 0}
+
+    def watch() -> None:
+        while True:
+            now = _rss_now()
+            state["max"] = max(state["max"], now)
+            if now > limit:
+                print(
+                    json.dumps(
+                        {
+                            "kind": "sdxl load_base float32",
+                            "stopped_at_rss": now,
+                            "limit": limit,
+                            "after_s": time.perf_counter() - t0,
+                        }
+                    ),
+                    flush=True,
+                )
+                os._exit(0)
+            time.sleep(0.05)
+
+    threading.Thread(target=watch, daemon=True).start()
+    pipe = load_base(store, XL, dtype=torch.float32)
+    return {
+        "kind": "sdxl load_base float32",
+        "load_s": time.perf_counter() - t0,
+        "rss_model": _rss_now(),
+        "load_peak": _vm_hwm(),
+        "held_dtype": str(next(pipe.unet.parameters()).dtype),
+    }
+
+
 def _run_child(kind: str, arg: str, reps: int) -> dict[str, Any]:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", kind, "--arg", arg]
     cmd += ["--reps", str(reps)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    load0 = os.getloadavg()[0]
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if res.returncode != 0:
         raise RuntimeError(f"{kind} child failed:\n{res.stderr[-3000:]}")
-    return dict(json.loads(res.stdout.strip().splitlines()[-1]))
+    out = dict(json.loads(res.stdout.strip().splitlines()[-1]))
+    out["load_avg_1m"] = [load0, os.getloadavg()[0]]  # before and after the child
+    return out
 
 
 def main() -> None:
@@ -327,6 +639,24 @@ def main() -> None:
         default="64,256,691",
         help="basis sizes for the compose timing (691: blank prompt only on SD 1.5)",
     )
+    ap.add_argument(
+        "--parts",
+        default="sd15,sdxl",
+        help="sd15 and/or sdxl; a part not run keeps its figures from results/export.json",
+    )
+    ap.add_argument(
+        "--sdxl-dir",
+        default=None,
+        help="scratch folder for the SDXL run (~14 GB of disk: the 7 GB source file plus one "
+        "export at a time); removed afterwards when created here",
+    )
+    ap.add_argument(
+        "--sdxl-from",
+        default=None,
+        help="render the SDXL section from the child JSON lines already in this folder "
+        "(make.json, add.json, export.json, baseline.json) instead of running them",
+    )
+    ap.add_argument("--sdxl-reps", type=int, default=2)
     args = ap.parse_args()
 
     if args.child:
@@ -336,11 +666,104 @@ def main() -> None:
             r = child_export(Path(args.arg), "fp16", args.reps)
         elif args.child == "baseline":
             r = child_baseline(Path(args.arg), args.reps)
+        elif args.child == "sdxl-make":
+            r = child_sdxl_make(Path(args.arg))
+        elif args.child == "sdxl-add":
+            r = child_sdxl_add(args.arg)
+        elif args.child == "sdxl-export":
+            r = child_sdxl_export(args.arg, args.reps)
+        elif args.child == "sdxl-baseline":
+            r = child_sdxl_baseline(args.arg, args.reps)
+        elif args.child == "sdxl-load32":
+            r = child_sdxl_load32(args.arg, int(args.reps) * 1024**3)
         else:
             r = child_compose([int(x) for x in args.arg.split(",")])
         print(json.dumps(r))
         return
 
+    parts = set(args.parts.split(","))
+    previous = (
+        json.loads((RESULTS / "export.json").read_text())
+        if (RESULTS / "export.json").exists()
+        else {}
+    )
+    sdxl = previous.get("sdxl")
+    if "sdxl" in parts:
+        sdxl = run_sdxl(args)
+    if "sd15" not in parts:
+        result = {**previous, "sdxl": sdxl}
+        write_results(result)
+        return
+    main_sd15(args, sdxl)
+
+
+def run_sdxl(args: argparse.Namespace) -> dict[str, Any]:
+    """Make the random SDXL file, `base add --link` + compose, export, save_file; one child each,
+    one after the other (the model is 7 GB in fp16: two at once would not fit a small machine)."""
+    if args.sdxl_from:
+        d = Path(args.sdxl_from)
+        runs = {
+            k: json.loads((d / f"{k}.json").read_text().strip().splitlines()[-1])
+            for k in ("make", "add", "export", "baseline")
+        }
+    else:
+        made = args.sdxl_dir is None
+        d = Path(args.sdxl_dir or tempfile.mkdtemp(prefix="sepme-sdxl-bench-"))
+        (d / "home").mkdir(parents=True, exist_ok=True)
+        src = d / "sdxl-random.safetensors"
+        runs = {}
+        try:
+            runs["make"] = _run_child("sdxl-make", str(src), 1)
+            runs["add"] = _run_child("sdxl-add", f"{d / 'home'}::{src}", 1)
+            runs["export"] = _run_child(
+                "sdxl-export", f"{d / 'home'}::{d / 'out.safetensors'}", args.sdxl_reps
+            )
+            runs["baseline"] = _run_child(
+                "sdxl-baseline", f"{d / 'home'}::{d / 'base.safetensors'}", args.sdxl_reps
+            )
+        finally:
+            for p in d.glob("*.safetensors"):
+                p.unlink()
+            if made:
+                import shutil
+
+                shutil.rmtree(d, ignore_errors=True)
+    e, b = runs["export"], runs["baseline"]
+    size, bsize = e["bytes"], b["bytes"]
+    best_e = min(e["wall_s"])
+    best_save = min(b["save_s"])
+    best_sf = min(x + y for x, y in zip(b["save_s"], b["fsync_s"], strict=True))
+    return {
+        "params": runs["make"]["params"],
+        "file_bytes": size,
+        "n_tensors": e["n_tensors"],
+        "held_dtype": e["held_dtype"],
+        "export_wall_s": best_e,
+        "export_GBps": size / best_e / GB,
+        "save_file_s": best_save,
+        "save_file_plus_fsync_s": best_sf,
+        "save_file_plus_fsync_GBps": bsize / best_sf / GB,
+        "ratio_vs_save_file": best_save / best_e * size / bsize,
+        "ratio_vs_save_file_plus_fsync": best_sf / best_e * size / bsize,
+        "export_peak_rss_above_model": max(e["peak_above_model"]),
+        "baseline_peak_rss_above_model": max(b["peak_above_model"]),
+        "model_rss": e["rss_model"],
+        "runs": runs,
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+    }
+
+
+def write_results(result: dict[str, Any]) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "export.json").write_text(json.dumps(result, indent=2) + "\n")
+    md = render_md(result["summary"], result["runs"])
+    if result.get("sdxl"):
+        md += render_sdxl(result["sdxl"])
+    (RESULTS / "export.md").write_text(md)
+    print(md)
+
+
+def main_sd15(args: argparse.Namespace, sdxl: dict[str, Any] | None) -> None:
     t_start = time.perf_counter()
     out_dir = Path(args.out_dir or tempfile.mkdtemp(prefix="sepme-export-bench-"))
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -397,12 +820,66 @@ def main() -> None:
         },
         "bench_wall_s": time.perf_counter() - t_start,
     }
-    result = {"summary": summary, "runs": runs}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "export.json").write_text(json.dumps(result, indent=2) + "\n")
-    md = render_md(summary, runs)
-    (RESULTS / "export.md").write_text(md)
-    print(md)
+    write_results({"summary": summary, "runs": runs, "sdxl": sdxl})
+
+
+def render_sdxl(s: dict[str, Any]) -> str:
+    def gb(x: float) -> str:
+        return f"{x / GB:.2f} GB"
+
+    r = s["runs"]
+    e, b, a, mk = r["export"], r["baseline"], r["add"], r["make"]
+    p = s["params"]
+    times = ", ".join(f"{x:.1f}" for x in e["wall_s"])
+    btimes = ", ".join(f"{x:.1f}+{y:.1f}" for x, y in zip(b["save_s"], b["fsync_s"], strict=True))
+    lines = [
+        "",
+        "## SDXL-sized base through `base add --link`, `compose`, `export`",
+        "",
+        f"A random-weight SDXL base 1.0 (the shipped configs: UNet {p['unet'] / 1e9:.3f} G, "
+        f"OpenCLIP bigG {p['text_encoder_2'] / 1e9:.3f} G, CLIP L {p['text_encoder'] / 1e9:.3f} G, "
+        f"VAE {p['vae'] / 1e9:.3f} G parameters), built directly in fp16 and written as an "
+        f"A1111/ComfyUI single file ({mk['n_tensors']} tensors, {gb(mk['bytes'])}). The engine "
+        f"functions of the commands then run on it, each kind in its own subprocess: "
+        f"`add_base(..., link=True)` {a['base_add_link_s']:.1f} s (hashing the file), two random "
+        f"factored increments (m = 16) on its {a['n_kv_layers']} to_k/to_v layers, "
+        f"`compose --erase` both {a['compose_s']:.2f} s, then `export.run.export` to an fp16 LDM "
+        f"single file ({s['n_tensors']} tensors, {gb(s['file_bytes'])}). The export holds the fp16 "
+        f"base in {s['held_dtype']} (load + compose {e['load_compose_s']:.0f} s). The baseline "
+        "loads the same base the same way, builds the same composed fp16 LDM tensors "
+        f"(`compose_weight`, {b['compose_cast_s']:.1f} s, not in its row) and writes them with "
+        "`safetensors.torch.save_file`. Both first read every weight once (part of the loaded "
+        "model is mmap'd from the source file), then take the RSS mark; the peak is VmHWM, "
+        "reset at the mark. Produced by `benchmarks/export_bench.py --parts sdxl`.",
+        "",
+        "| | best time | throughput | peak RSS above loaded model |",
+        "|---|---:|---:|---:|",
+        f"| sepme export (compose + write + sha256 + fsync) | {s['export_wall_s']:.1f} s "
+        f"| {s['export_GBps']:.3f} GB/s | {gb(s['export_peak_rss_above_model'])} |",
+        f"| `save_file` of the composed fp16 tensors | {s['save_file_s']:.1f} s "
+        f"| {b['bytes'] / s['save_file_s'] / GB:.3f} GB/s "
+        f"| {gb(s['baseline_peak_rss_above_model'])} |",
+        f"| `save_file` + fsync | {s['save_file_plus_fsync_s']:.1f} s "
+        f"| {s['save_file_plus_fsync_GBps']:.3f} GB/s | |",
+        "",
+        f"**Throughput ratio export / save_file: {s['ratio_vs_save_file']:.2f}x; vs save_file + "
+        f"fsync: {s['ratio_vs_save_file_plus_fsync']:.2f}x** (goal >= 0.9x). **Peak RSS above the "
+        f"loaded model: export {gb(s['export_peak_rss_above_model'])}, save_file "
+        f"{gb(s['baseline_peak_rss_above_model'])}**, for a {gb(s['file_bytes'])} file (goal: below "
+        f"the file size). The loaded, read model is {gb(s['model_rss'])} of RSS "
+        f"({gb(e['rss_model_parts']['RssAnon'])} anonymous, "
+        f"{gb(e['rss_model_parts']['RssFile'])} file-backed incl. libraries).",
+        "",
+        f"Timed runs (s): export {times}; without the sha256 "
+        + ", ".join(f"{x:.1f}" for x in e.get("wall_s_nohash", []))
+        + f"; save_file + fsync {btimes}. 1-minute load average during the export child: "
+        f"{e.get('load_avg_1m_start', float('nan')):.1f} at its start, "
+        f"{e.get('load_avg_1m_end', float('nan')):.1f} at its end (other helpers' jobs); "
+        f"machine: {s['machine']['platform']}, {s['machine']['cpus']} CPUs shared with other "
+        "jobs; 24 GiB RAM, the written files go through the page cache to a virtual disk.",
+        "",
+    ]
+    return "\n".join(lines)
 
 
 def render_md(s: dict[str, Any], runs: dict[str, dict[str, Any]]) -> str:

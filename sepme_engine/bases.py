@@ -442,6 +442,35 @@ def base_location(store: Store, info: BaseInfo, *, verify: bool = False) -> tupl
     return fmt, view
 
 
+_FLOAT_ST_DTYPES = ("F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2")
+
+
+def stored_float_dtype(store: Store, info: BaseInfo) -> str | None:
+    """ "fp16" or "bf16" when every floating tensor of the base's weight files is stored in that
+    dtype (all of them .safetensors), else None. Loading such a base in that dtype holds exactly
+    the stored values (fp16/bf16 -> fp32 is exact), in half the memory of float32."""
+    from sepme_engine.safetensors_header import read_header
+
+    fmt, path = base_location(store, info)
+    if fmt == "single_file":
+        files = [path]
+    else:
+        try:
+            rels = diffusers_files(path, allow_pickle=True)
+        except InvalidInput:
+            return None
+        files = [
+            path / r for r in rels if Path(r).suffix.lower() in (*PICKLE_SUFFIXES, ".safetensors")
+        ]
+    seen: set[str] = set()
+    for f in files:
+        if f.suffix.lower() != ".safetensors":
+            return None
+        tensors, _ = read_header(f)
+        seen |= {t["dtype"] for t in tensors.values() if t["dtype"] in _FLOAT_ST_DTYPES}
+    return {frozenset({"F16"}): "fp16", frozenset({"BF16"}): "bf16"}.get(frozenset(seen))
+
+
 def load_base(
     store: Store,
     name: str | None = None,

@@ -211,7 +211,14 @@ def write_entries(
     total = len(entries)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    writer = _Writer(f, hasher)
+    # the hash runs here, not in the writer thread: hashing the next slice overlaps the write
+    writer = _Writer(f, None)
+
+    def put(view: memoryview) -> None:
+        if hasher is not None:
+            hasher.update(view)  # releases the GIL on large buffers
+        writer.put(view)
+
     try:
         for i, e in enumerate(entries):
             t = e.make()
@@ -222,14 +229,14 @@ def write_entries(
             if flat.dtype == e.dtype:
                 view = _raw_bytes(flat)  # keeps `flat` alive until written
                 for start in range(0, len(view), _CHUNK):
-                    writer.put(view[start : start + _CHUNK])
+                    put(view[start : start + _CHUNK])
                 del view
             else:
                 for start in range(0, n, _CAST_ELEMS):
                     m = min(_CAST_ELEMS, n - start)
                     buf = caster.buffer(e.dtype)
                     buf[:m].copy_(flat[start : start + m])
-                    writer.put(_raw_bytes(buf[:m]))
+                    put(_raw_bytes(buf[:m]))
             written += n * flat.new_empty((), dtype=e.dtype).element_size()
             del flat
             if progress is not None:
