@@ -12,7 +12,8 @@ Two measurements:
 - **Judged rate** (toy base only, where a judge exists): the bare concept prompt is sampled `n`
   times with the increment and the blank prompt with the same seeds (the blank prompt is in every
   E_k, so it is the base's blank, i.e. chance); the judge labels both. Erased = the concept's rate
-  is at most the blank prompt's on the same seeds. 2 · n images.
+  is at most the blank prompt's on the same seeds. n guided images, plus n unguided blank-prompt
+  images once per pipeline (their labels are reused).
 
 Status: toy — *erased* when the judged rate ≤ chance, *weakened* when ρ < 0.5 or the rate is
 less than halfway from chance to 1, else *not erased*. Other bases — *erased* when ρ ≤ `rho_erased`
@@ -21,6 +22,7 @@ less than halfway from chance to 1, else *not erased*. Other bases — *erased* 
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -91,19 +93,39 @@ def toy_judged_rates(
     pipe: Any, increment: Increment, prompt: str, concept: str, n: int = 8, seed: int = 0
 ) -> tuple[float, float, int]:
     """`(rate with ΔW on the bare prompt, rate on the blank prompt, UNet passes)` for a toy
-    concept, same seeds, the toy's sampler settings."""
+    concept, same seeds, the toy's sampler settings.
+
+    The blank prompt's images do not depend on the increment (the blank prompt is in every E_k,
+    so ΔW·e("")ᵀ = 0) nor on the guidance scale (its conditional and unconditional branches are
+    the same prompt: ε_∅ + g·(ε_∅ − ε_∅) = ε_∅), so they are sampled once per pipeline, seed and
+    n, without guidance (one pass per step instead of two), and their labels are reused: the
+    verdict of a second concept costs only its own prompt's n · steps · 2 passes."""
     from sepme_engine.sampling import sample_images
     from sepme_engine.toy import TOY_GUIDANCE, TOY_STEPS
     from sepme_engine.toy.judge import judge_batch
     from sepme_engine.toy.world import axis_of
 
     axis = axis_of(concept)
+    passes = n * TOY_STEPS * 2
+    per_unet = _BLANK_LABELS.setdefault(pipe.unet, {})
+    blank = per_unet.get((seed, n))
+    if blank is None:
+        blank = judge_batch(sample_images(pipe, [""], seed, n, TOY_STEPS, 1.0))
+        per_unet[(seed, n)] = blank
+        passes += n * TOY_STEPS
     with hooks.apply_deltas_inplace(pipe.unet, hooks.sum_deltas([increment])):
-        imgs = sample_images(pipe, [prompt, ""], seed, n, TOY_STEPS, TOY_GUIDANCE)
+        imgs = sample_images(pipe, [prompt], seed, n, TOY_STEPS, TOY_GUIDANCE)
     v = judge_batch(imgs)
-    rate = sum(x.get(axis) == concept for x in v[:n]) / n
-    chance = sum(x.get(axis) == concept for x in v[n:]) / n
-    return rate, chance, 2 * n * TOY_STEPS * 2
+    rate = sum(x.get(axis) == concept for x in v) / n
+    chance = sum(x.get(axis) == concept for x in blank) / n
+    return rate, chance, passes
+
+
+# UNet -> {(seed, n): judge labels of the blank prompt's n samples} (toy_judged_rates); weak, so a
+# pipeline that is dropped takes its entry with it
+_BLANK_LABELS: weakref.WeakKeyDictionary[Any, dict[tuple[int, int], list[Any]]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def classify(
