@@ -4,6 +4,7 @@ fp16 -> float32 is exact and the composition upcasts each weight that has a delt
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -45,14 +46,16 @@ def _add_increment(store: Store, info: Any) -> None:
 
 @pytest.fixture
 def half_base(store: Store, tmp_path: Path) -> Any:
-    src = save_single_file(tiny("sd1").to(torch.float16), "sd1", tmp_path / "half.safetensors")
+    src = save_single_file(
+        copy.deepcopy(tiny("sd1")).to(torch.float16), "sd1", tmp_path / "half.safetensors"
+    )
     info = bases.add_base(store, "half", str(src), link=True)
     _add_increment(store, info)
     return info
 
 
 def test_stored_float_dtype_of_single_files_and_folders(store: Store, tmp_path: Path) -> None:
-    pipe = tiny("sd1")
+    pipe = copy.deepcopy(tiny("sd1"))
     f32 = save_single_file(pipe, "sd1", tmp_path / "f32.safetensors")
     assert bases.stored_float_dtype(store, bases.add_base(store, "f32", str(f32))) is None
     pipe.to(torch.bfloat16)

@@ -26,7 +26,6 @@ the forward pass before update n (so `final_loss` is the loss just before the la
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -79,8 +78,8 @@ class EsdConfig:
         if not self.eta >= 0:
             raise InvalidInput(f"ESD eta must be >= 0, got {self.eta}")
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 def train_esd(

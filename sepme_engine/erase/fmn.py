@@ -78,8 +78,8 @@ class FmnConfig:
         if not self.lr > 0:
             raise InvalidInput(f"FMN lr must be > 0, got {self.lr}")
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 class MassRecordingProcessor:

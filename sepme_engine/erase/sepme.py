@@ -27,7 +27,6 @@ The method as `sepme erase` runs it (the registry, erase/__init__.py): `NAME`, `
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -106,8 +105,8 @@ class SepMEConfig:
         if self.autocast not in ("none", "bfloat16", "float16"):
             raise InvalidInput(f"autocast must be none, bfloat16 or float16, got {self.autocast!r}")
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass(frozen=True)

@@ -69,8 +69,8 @@ class UceConfig:
         if self.positions not in ("all", "concept"):
             raise InvalidInput(f"UCE positions must be 'all' or 'concept', got {self.positions!r}")
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 def uce_factors(
