@@ -508,7 +508,7 @@ def child_sdxl_baseline(arg: str, reps: int) -> dict[str, Any]:
 
     from sepme_engine.bases import get_base, load_base
     from sepme_engine.compose import composition_deltas, selection
-    from sepme_engine.export.report import compose_weight
+    from sepme_engine.delta.composition import compose_weight
     from sepme_engine.models.ldm_keys import ldm_key_map
     from sepme_engine.store import Store
 
@@ -874,7 +874,7 @@ def render_sdxl(s: dict[str, Any]) -> str:
         + ", ".join(f"{x:.1f}" for x in e.get("wall_s_nohash", []))
         + f"; save_file + fsync {btimes}. 1-minute load average during the export child: "
         f"{e.get('load_avg_1m_start', float('nan')):.1f} at its start, "
-        f"{e.get('load_avg_1m_end', float('nan')):.1f} at its end (other helpers' jobs); "
+        f"{e.get('load_avg_1m_end', float('nan')):.1f} at its end; "
         f"machine: {s['machine']['platform']}, {s['machine']['cpus']} CPUs shared with other "
         "jobs; 24 GiB RAM, the written files go through the page cache to a virtual disk.",
         "",
