@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
@@ -173,3 +173,10 @@ def concept_positions(pipe: Any, prompt: str) -> list[int]:
             hint="give the concept as a non-empty prompt",
         )
     return positions
+
+
+def image_defaults(arch: str, erase: Mapping[str, Any]) -> dict[str, Any]:
+    """The paper's settings (the Config's defaults) and the base profile's training images: the
+    `defaults` of a method that trains on images sampled from the concept prompt (ESD-x, FMN)."""
+    del arch
+    return {k: erase[k] for k in ("images", "image_steps", "image_guidance") if k in erase}

@@ -48,6 +48,7 @@ from sepme_engine.erase.common import (
     concept_positions,
     dense_result,
     frozen_unet,
+    image_defaults,
     provenance,
 )
 from sepme_engine.errors import InvalidInput
@@ -245,10 +246,7 @@ TRAINING_DATA = True
 KEEPS_PRESERVE = False  # FMN has no preserve set
 
 
-def defaults(arch: str, erase: Mapping[str, Any]) -> dict[str, Any]:
-    """The paper's settings (the Config's defaults) and the base profile's training images."""
-    del arch
-    return {k: erase[k] for k in ("images", "image_steps", "image_guidance") if k in erase}
+defaults = image_defaults
 
 
 def train(

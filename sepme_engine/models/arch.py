@@ -6,7 +6,7 @@ Importable without torch (torch is imported inside the functions that need it).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from sepme_engine.errors import DeviceUnavailable, InvalidInput
@@ -79,6 +79,24 @@ class ArchFacts:
         return sum(a.family == self.family for a in ARCHS.values()) > 1
 
 
+_SD2 = ArchFacts(
+    name="sd2",
+    label="Stable Diffusion 2.x (512, epsilon)",
+    family="sd2",
+    text_encoder="open_clip",
+    text_width=1024,
+    pad_token="!",
+    prediction_type="epsilon",
+    sample_size=64,
+    shipped_config="sd21-base",
+    use_linear_projection=True,
+    pipeline="StableDiffusionPipeline",
+    modelspec_architecture="stable-diffusion-v2-512",
+    kohya_base_version="sd_v2",
+    model_name="Stable Diffusion",
+)
+
+
 ARCHS: dict[str, ArchFacts] = {
     "sd1": ArchFacts(
         name="sd1",
@@ -97,37 +115,17 @@ ARCHS: dict[str, ArchFacts] = {
         kohya_base_version="sd_v1",
         model_name="Stable Diffusion",
     ),
-    "sd2": ArchFacts(
-        name="sd2",
-        label="Stable Diffusion 2.x (512, epsilon)",
-        family="sd2",
-        text_encoder="open_clip",
-        text_width=1024,
-        pad_token="!",
-        prediction_type="epsilon",
-        sample_size=64,
-        shipped_config="sd21-base",
-        use_linear_projection=True,
-        pipeline="StableDiffusionPipeline",
-        modelspec_architecture="stable-diffusion-v2-512",
-        kohya_base_version="sd_v2",
-        model_name="Stable Diffusion",
-    ),
-    "sd2-v": ArchFacts(
+    "sd2": _SD2,
+    # the same family at 768 px with v-prediction: only what differs
+    "sd2-v": replace(
+        _SD2,
         name="sd2-v",
         label="Stable Diffusion 2.x (768, v-prediction)",
-        family="sd2",
-        text_encoder="open_clip",
-        text_width=1024,
-        pad_token="!",
         prediction_type="v_prediction",
         sample_size=96,
         shipped_config="sd21",
-        use_linear_projection=True,
-        pipeline="StableDiffusionPipeline",
         modelspec_architecture="stable-diffusion-v2-768-v",
         kohya_base_version="sd_v2_v",
-        model_name="Stable Diffusion",
     ),
     "sdxl": ArchFacts(
         name="sdxl",
