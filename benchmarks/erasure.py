@@ -192,6 +192,7 @@ class Trainer:
         self.settings = dict(ERASE_DEFAULTS["toy"])
         self.latents: dict[str, tuple[torch.Tensor, int]] = {}
         self.log: list[dict[str, Any]] = []
+        self.held: dict[str, list[str]] = {}  # concept -> default preserves held softly
         self.trained: dict[tuple[str, tuple[str, ...], float, int], tuple[Any, dict[str, Any]]] = {}
 
     def data(self, concept: str) -> tuple[torch.Tensor, int, bool]:
@@ -211,9 +212,18 @@ class Trainer:
         self.latents[concept] = (lat, passes)
         return lat, passes, False
 
-    def e_k(self, concept: str, others: list[str]) -> list[str]:
-        """E_k as `sepme erase` builds it on the toy base (its default preserve prompts included)."""
-        return build_e_k(concept, others=others, default_preserve=self.settings["preserve"])
+    def e_k(self, concept: str, others: list[str], method: str = "sepme") -> list[str]:
+        """E_k as `sepme erase` builds it on the toy base (its default preserve prompts included,
+        less those a crowded concept holds softly: erase/run.py)."""
+        default = list(self.settings["preserve"])
+        e_k = build_e_k(concept, others=others, default_preserve=default)
+        removable = [q for q in e_k if q in set(default) - set(others)]
+        relax = getattr(registry.load(method), "relax_e_k", None)
+        if relax is None or not removable:
+            return e_k
+        kept, held = relax(self.pipe, concept, e_k, removable, self.method_config(method))
+        self.held[concept] = held
+        return list(kept)
 
     def config(self, tau: float | None = None, max_steps: int | None = None) -> Any:
         """SepME's Config as `sepme erase` builds it on the toy base (no config.toml), with
@@ -297,7 +307,7 @@ class Trainer:
     ) -> Any:
         module = registry.load(method)
         if method == "sepme-cf":
-            e_k = self.e_k(concept, others or [])
+            e_k = self.e_k(concept, others or [], method)
             rc = module.train(self.pipe, concept, e_k, None, self.method_config(method), "cpu")
             self._record(
                 method,
@@ -325,7 +335,7 @@ class Trainer:
         else:
             lat, data_passes = None, 0
         config = self.method_config(method, options)
-        e_k = self.e_k(concept, []) if module.KEEPS_PRESERVE else []
+        e_k = self.e_k(concept, [], method) if module.KEEPS_PRESERVE else []
         r = module.train(self.pipe, concept, e_k, lat, config, "cpu")
         self._record(
             method,
@@ -536,6 +546,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         """Write what is measured so far (a run stopped midway still leaves its tables)."""
         result["complete"] = done
         result["training_log"] = trainer.log
+        result["held_softly"] = {c: h for c, h in trainer.held.items() if h}
         result["eval_unet_passes"] = evaluator.passes
         result["wall_s"] = round(time.perf_counter() - t_start, 1)
         if hasattr(os, "getloadavg"):

@@ -288,6 +288,12 @@ def erase(
         )
     )
     for o in report.outcomes:
+        if o.held_softly:
+            err.print(
+                f"{o.concept}: its neighbours left it almost no room, so "
+                f"{', '.join(o.held_softly)} {'is' if len(o.held_softly) == 1 else 'are'} held "
+                "softly, not exactly (restoring them leaves a small change)"
+            )
         if o.verdict and o.verdict != "erased":
             err.print(f"{o.concept}: {o.verdict} — next: {o.next_step}")
     if report.applied:

@@ -50,6 +50,9 @@ ERASE_KEYS: dict[str, type] = {
     "preserve": list,  # of prompts
     "init": str,  # "closed-form" or "zero" (the paper's)
     "anchor": str,  # the closed form maps the concept's keys/values onto this prompt's
+    "contexts": list,  # captions the closed form erases the concept in (and holds the rest)
+    "cf_push": float,  # η: the closed form's target moved past the anchor
+    "cf_hold": float,  # λ_h: weight of the pool's captions that do not name the concept
     "verify_samples": int,  # toy base: images per prompt for the judged verdict (0: off)
     "until_rounds": int,  # --until-erased: at most this many extra trainings, τ lowered each
 }
@@ -79,6 +82,13 @@ KEY_DOCS: dict[str, tuple[str, str]] = {
     ),
     "init": ('"closed-form"', "SepME's start: closed-form, or zero (the paper's recipe)"),
     "anchor": ('""', "the closed form maps the concept's keys/values onto this prompt's"),
+    "contexts": (
+        '["a photo of cat", "a cat on a sofa"]',
+        "captions the closed form also erases the concept in (those naming it) and holds "
+        "(the others); none by default (toy: `captions()` of sepme_engine.toy.vocab is a pool to try)",
+    ),
+    "cf_push": ("3.0", "closed form: its target moved this far past the anchor (η)"),
+    "cf_hold": ("30.0", "closed form: weight λ_h of the held captions"),
     "verify_samples": ("8", "toy base: images per prompt for the judged verdict (0: off)"),
     "until_rounds": ("3", "--until-erased: at most this many extra trainings"),
 }
@@ -97,6 +107,8 @@ RANGES: dict[str, tuple[float, float]] = {
     "image_guidance": (0.0, 100.0),
     "batch_size": (1, 4096),
     "seed": (0, 2**63 - 1),
+    "cf_push": (0.0, 1e3),
+    "cf_hold": (0.0, 1e6),
 }
 OPEN_LOW = frozenset({"lr", "beta"})  # must be > 0
 OPEN_HIGH = frozenset({"alpha"})  # must be < 1
@@ -156,6 +168,9 @@ SD_ERASE_DEFAULTS: dict[str, Any] = {
     # `init = "zero"` is the paper's recipe
     "init": "closed-form",
     "anchor": "",
+    "contexts": [],
+    "cf_push": 0.0,
+    "cf_hold": 0.0,
     "verify_samples": 0,
     "until_rounds": 3,
 }

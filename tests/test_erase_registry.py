@@ -153,7 +153,10 @@ def test_increments_are_the_same_as_before_the_registry() -> None:
         "uce": uce.train(pipe, "a cat", ["a dog"], None, uce.Config(), "cpu"),
     }
     for key, want in BEFORE.items():
-        rtol = 1e-5 if key in ("sepme-cf", "uce") else 1e-3
+        # sepme-zero: Adam at lr 0.5 from C = 0 takes ±lr steps on coordinates whose gradient is
+        # at round-off level, so last-bit differences grow: 0.76 % on the session-6 machine
+        # (same code); seeds 4 and 5 instead of 3 move it by 4.9 % and 3.0 %
+        rtol = {"sepme-cf": 1e-5, "uce": 1e-5, "sepme-zero": 1e-2}.get(key, 1e-3)
         assert abs(_norm(got[key].increment) - want) <= rtol * want, key
     assert got["sepme-zero"].iterations == 6
     meta = got["uce"].increment.meta  # one provenance schema

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from sepme_engine.bases import BaseInfo, get_base, load_base
 from sepme_engine.config import load_config
 from sepme_engine.device import resolve_device, resolve_dtype
 from sepme_engine.erase import settings as erase_settings
+from sepme_engine.erase.closed_form import mentions
 from sepme_engine.erase.common import settings_record
 from sepme_engine.errors import AlreadyExists, InvalidInput, SepmeError
 from sepme_engine.increments import concept_name, has_increment, list_increments, save_increment
@@ -46,9 +46,11 @@ class ConceptOutcome:
     tau: float | None = None  # the τ of the kept increment (SepME)
     rounds: int = 1  # trainings run (more than 1 with --until-erased)
     unet_passes_verdict: int = 0
+    # default preserve prompts E_k crowded the concept with, held softly instead (closed_form.py)
+    held_softly: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return {**self.__dict__, "held_softly": list(self.held_softly)}
 
 
 @dataclass(frozen=True)
@@ -90,12 +92,7 @@ class Event:
     info: Any = None
 
 
-def _mentions(prompt: str, phrase: str) -> bool:
-    """Whether `phrase` occurs in `prompt` as whole words (case-insensitive)."""
-    words = phrase.strip()
-    if not words:
-        return False
-    return re.search(rf"(?<!\w){re.escape(words)}(?!\w)", prompt, re.IGNORECASE) is not None
+_mentions = mentions
 
 
 def build_e_k(
@@ -129,7 +126,7 @@ def erase_request(
         "method": method,
         "prompt": prompt,
         "e_k": list(e_k),
-        "settings": asdict(config),
+        "settings": json.loads(json.dumps(asdict(config))),  # as the manifest stores it
         "until_erased": until_erased,
         "base_digest": digest,
     }
@@ -312,15 +309,16 @@ def erase(
         )
     extra_preserve = dict(preserve_for or {})
     e_ks: dict[str, list[str]] = {}
+    removable: dict[str, list[str]] = {}  # default preserves only: SepME may hold them softly
     requests: dict[str, dict[str, Any]] = {}
     for name, p in targets:
+        others = [*[tp for tn, tp in targets if tn != name], *known]
+        users = [*preserve, *extra_preserve.get(p, ())]
         e_ks[name] = build_e_k(
-            p,
-            others=[*[tp for tn, tp in targets if tn != name], *known],
-            earlier=earlier,
-            preserve=[*preserve, *extra_preserve.get(p, ())],
-            default_preserve=default_preserve,
+            p, others=others, earlier=earlier, preserve=users, default_preserve=default_preserve
         )
+        fixed = {*others, *earlier, *users}
+        removable[name] = [q for q in e_ks[name] if q in set(default_preserve) - fixed]
         requests[name] = erase_request(
             method, p, e_ks[name], config, until_erased, info.base_digest
         )
@@ -385,6 +383,7 @@ def erase(
                 name,
                 p,
                 e_ks[name],
+                removable[name],
                 requests[name],
                 settings,
                 dev,
@@ -427,6 +426,7 @@ def _one(
     name: str,
     p: str,
     e_k: list[str],
+    removable: list[str],
     request: dict[str, Any],
     settings: erase_settings.EraseSettings,
     dev: Any,
@@ -459,6 +459,10 @@ def _one(
             store, info, pipe, p, data, dev, dtype_name, progress=on_images
         )
     run_cfg = settings.config
+    held: list[str] = []
+    relax = getattr(module, "relax_e_k", None)
+    if relax is not None and removable:
+        e_k, held = relax(pipe, p, e_k, removable, run_cfg)
     trained = module.train(pipe, p, e_k, latents, run_cfg, dev, progress=on_step)
     checked = None
     verdict_passes = 0
@@ -498,6 +502,7 @@ def _one(
         "data_cached": cached,
         "wall_s": round(wall, 3),
         **({"verdict": checked.to_dict(), "rounds": rounds} if checked is not None else {}),
+        **({"held_softly": held} if held else {}),
         "device": str(dev),
         "dtype": dtype_name,
         "sepme_version": __version__,
@@ -542,6 +547,7 @@ def _one(
         tau=getattr(run_cfg, "tau", None),  # a method that stops on a threshold
         rounds=rounds,
         unet_passes_verdict=verdict_passes,
+        held_softly=tuple(held),
     )
     return outcome
 

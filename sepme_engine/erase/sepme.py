@@ -38,7 +38,13 @@ import torch
 from sepme_engine.delta import hooks
 from sepme_engine.delta.increment import Increment
 from sepme_engine.delta.layers import cross_attention_kv
-from sepme_engine.erase.closed_form import KvGap, closed_form_coefs
+from sepme_engine.erase.closed_form import (
+    CROWDED,
+    KvGap,
+    closed_form_coefs,
+    context_rows,
+    neighbours,
+)
 from sepme_engine.erase.common import MethodResult, NoisedDraw, frozen_unet, provenance
 from sepme_engine.erase.nullspace import DEFAULT_RTOL, null_space
 from sepme_engine.errors import InvalidInput, TrainingDiverged
@@ -75,6 +81,12 @@ class SepMEConfig:
     init: str = "zero"
     anchor: str = ""
     cf_ridge: float = 0.1
+    # the closed form in context (closed_form.py): a pool of captions; those naming the concept
+    # are erased too, the others held with weight `cf_hold`; `cf_push` η moves the target past
+    # the anchor. Empty pool (SD bases' default): the bare prompt alone, as before.
+    contexts: tuple[str, ...] = ()
+    cf_push: float = 0.0
+    cf_hold: float = 0.0
     # the three passes of an iteration as one UNet call (per-item masks keep the frozen ones
     # free of the increment) instead of a frozen (c, ∅) call and a tuned c call
     batched: bool = False
@@ -102,6 +114,10 @@ class SepMEConfig:
             )
         if not self.cf_ridge > 0:
             raise InvalidInput(f"cf_ridge must be > 0, got {self.cf_ridge}")
+        if not (self.cf_push >= 0 and self.cf_hold >= 0):
+            raise InvalidInput("cf_push and cf_hold must be >= 0")
+        if not isinstance(self.contexts, tuple):  # a config.toml list
+            object.__setattr__(self, "contexts", tuple(self.contexts))
         if self.autocast not in ("none", "bfloat16", "float16"):
             raise InvalidInput(f"autocast must be none, bfloat16 or float16, got {self.autocast!r}")
 
@@ -380,7 +396,55 @@ def _closed_form(
     if config.anchor:
         check_prompt(pipe, config.anchor)
     emb_anchor = encode_prompts(pipe, [config.anchor])
-    return closed_form_coefs(layers, basis, emb_c[0], emb_anchor[0], config.cf_ridge)
+    if not config.contexts:
+        return closed_form_coefs(layers, basis, emb_c[0], emb_anchor[0], config.cf_ridge)
+    pairs, holds = context_rows(prompt, config.contexts, config.anchor)
+    d = emb_c.shape[-1]
+    xs, anchors = [emb_c[0].reshape(-1, d)], [emb_anchor[0].reshape(-1, d)]
+    if pairs:
+        x = encode_prompts(pipe, [q for q, _ in pairs]).reshape(-1, d)
+        a = encode_prompts(pipe, [q for _, q in pairs]).reshape(-1, d)
+        differ = (x.double() - a.double()).abs().amax(dim=1) > 0  # not the shared prefix
+        xs.append(x[differ])
+        anchors.append(a[differ])
+    hold_rows = encode_prompts(pipe, holds) if holds else None
+    return closed_form_coefs(
+        layers,
+        basis,
+        torch.cat(xs),
+        torch.cat(anchors),
+        config.cf_ridge,
+        config.cf_push,
+        hold_rows,
+        config.cf_hold,
+    )
+
+
+def relax_e_k(
+    pipe: Any,
+    prompt: str,
+    e_k: Sequence[str],
+    removable: Sequence[str],
+    config: SepMEConfig,
+) -> tuple[list[str], list[str]]:
+    """`(E_k to use, prompts held softly instead)`. When E_k leaves the concept crowded (less
+    than `CROWDED` of its bare embedding outside span(E_k)) and the closed form has a pool, the
+    `removable` prompts (the profile's default preserves; never the call's other concepts,
+    earlier increments or the user's --preserve) that are the concept's `neighbours` in the pool
+    leave E_k: the pool's captions naming them are hold rows of the closed form instead
+    (closed_form.py). Otherwise E_k is returned as it is."""
+    if not config.contexts or config.init != "closed-form":
+        return list(e_k), []
+    near = set(neighbours(prompt, [q for q in e_k if q in set(removable)], config.contexts))
+    if not near:
+        return list(e_k), []
+    emb = encode_prompts(pipe, ["", *e_k])
+    basis = null_space(emb, rtol=config.rtol).double()
+    x = encode_prompts(pipe, [prompt]).reshape(-1, basis.shape[1]).double().cpu()
+    room = float((x @ basis.T).norm() / x.norm().clamp_min(1e-30))
+    if room >= CROWDED:
+        return list(e_k), []
+    return [q for q in e_k if q not in near], sorted(near)
 
 
 def closed_form_sepme(

@@ -13,6 +13,7 @@ import torch
 from sepme_engine.erase.common import MethodResult
 from sepme_engine.erase.nullspace import DEFAULT_RTOL
 from sepme_engine.erase.sepme import SepMEConfig, StepInfo, closed_form_sepme, result_stats
+from sepme_engine.erase.sepme import relax_e_k as _relax
 
 NAME = "sepme-cf"
 WORDS: Mapping[str, str] = {}
@@ -28,16 +29,24 @@ class Config:
 
     anchor: str = ""  # the concept's keys/values are mapped onto this prompt's
     cf_ridge: float = 0.1  # ridge λ of the least squares
+    contexts: tuple[str, ...] = ()  # captions the concept is erased in / held by (closed_form.py)
+    cf_push: float = 0.0  # η: the target moved past the anchor
+    cf_hold: float = 0.0  # λ_h: weight of the held captions
     rtol: float = DEFAULT_RTOL  # null-space tolerance (nullspace.py)
     dtype: str = "float32"  # dtype the frozen text encoder runs in (recorded)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.contexts, tuple):  # a config.toml list
+            object.__setattr__(self, "contexts", tuple(self.contexts))
         self.sepme()  # SepMEConfig's checks
 
     def sepme(self) -> SepMEConfig:
         return SepMEConfig(
             anchor=self.anchor,
             cf_ridge=self.cf_ridge,
+            contexts=tuple(self.contexts),
+            cf_push=self.cf_push,
+            cf_hold=self.cf_hold,
             rtol=self.rtol,
             dtype=self.dtype,
             init="closed-form",
@@ -45,9 +54,17 @@ class Config:
 
 
 def defaults(arch: str, erase: Mapping[str, Any]) -> dict[str, Any]:
-    """The anchor of the base profile's `[erase]` settings (SepME's), as SepME's own start."""
+    """The closed form's settings of the base profile's `[erase]` settings (SepME's), as SepME's
+    own start."""
     del arch
-    return {"anchor": erase["anchor"]} if "anchor" in erase else {}
+    return {k: erase[k] for k in ("anchor", "contexts", "cf_push", "cf_hold") if k in erase}
+
+
+def relax_e_k(
+    pipe: Any, prompt: str, e_k: Sequence[str], removable: Sequence[str], config: Config
+) -> tuple[list[str], list[str]]:
+    """SepME's (sepme.relax_e_k): crowded concepts hold their pool neighbours softly."""
+    return _relax(pipe, prompt, e_k, removable, config.sepme())
 
 
 def train(

@@ -149,6 +149,9 @@ def _checked(
         value = float(value) if ok else value
     elif kind is str:
         ok = isinstance(value, str)
+    elif typing.get_origin(kind) is tuple:  # tuple[str, ...]: a list of prompts
+        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        value = tuple(value) if ok else value
     else:  # pragma: no cover - every Config field is one of the above
         ok = True
     if not ok:

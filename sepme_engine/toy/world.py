@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sepme_engine.toy.vocab import AXES, COLOURS, CONCEPTS, SHAPES, STYLES
+from sepme_engine.toy.vocab import AXES, COLOURS, CONCEPTS, SHAPES, STYLES, caption_parts
 
 SIZE = 32
 
@@ -70,20 +70,6 @@ class Scene:
 
 def full_caption(colour: str, shape: str, style: str) -> str:
     return f"a {colour} {shape} on {style}"
-
-
-def caption_parts(colour: str | None, shape: str | None, style: str | None) -> str:
-    """A caption naming only the given parts: "a red circle", "a circle on stripes", "red", ""."""
-    if shape is not None:
-        if colour is not None:
-            head = f"a {colour} {shape}"
-        else:
-            head = f"a {shape}" if style is not None else shape
-    elif colour is not None:
-        head = colour
-    else:
-        return style or ""
-    return f"{head} on {style}" if style is not None else head
 
 
 def random_caption(scene: Scene, rng: np.random.Generator, p_empty: float = 0.1) -> str:
