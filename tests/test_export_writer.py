@@ -7,6 +7,7 @@ import io
 import json
 import os
 import threading
+import time
 import weakref
 from pathlib import Path
 from typing import Any
@@ -82,7 +83,14 @@ def test_sha256_is_patched_into_the_header(tmp_path: Path) -> None:
         assert f.metadata()["modelspec.hash_sha256"] == expected
 
 
-def test_only_one_produced_tensor_is_alive_at_a_time(tmp_path: Path) -> None:
+def test_produced_tensors_alive_are_bounded_by_the_window(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sepme_engine.export.safetensors_writer as writer
+
+    # a window of one tensor's bytes: while tensor i + 1 is made, only tensor i may still be
+    # written / hashed; the made tensors are released once both are done with them
+    monkeypatch.setattr(writer, "_WINDOW", 256 * 256 * 4)
     alive: list[weakref.ref[torch.Tensor]] = []
     peak = 0
 
@@ -96,10 +104,66 @@ def test_only_one_produced_tensor_is_alive_at_a_time(tmp_path: Path) -> None:
     entries = [
         TensorEntry(f"t{i}", torch.float32, (256, 256), lambda i=i: make(i)) for i in range(6)
     ]
-    write_safetensors(tmp_path / "s.safetensors", entries)
-    # the writer thread may still be writing tensor i while tensor i + 1 is made; never more
+    write_safetensors(tmp_path / "s.safetensors", entries, hash_key="h")
     assert peak <= 2
     assert all(r() is None for r in alive)
+
+
+def _golden_entries() -> list[TensorEntry]:
+    a = torch.arange(3 * 5 * 7, dtype=torch.float32).reshape(15, 7) / 7 - 3
+    return [
+        TensorEntry("a.f32", torch.float32, (15, 7), constant(a)),
+        TensorEntry("a.as_f16", torch.float16, (15, 7), constant(a * 1000)),
+        TensorEntry("a.as_bf16", torch.bfloat16, (7, 15), constant(a.T)),
+        TensorEntry("b.f16", torch.float16, (33,), constant(torch.linspace(-2, 2, 33).half())),
+        TensorEntry("c.i64", torch.int64, (2, 3), constant(torch.arange(6).reshape(2, 3))),
+        TensorEntry("d.bool", torch.bool, (3,), constant(torch.tensor([True, False, True]))),
+        TensorEntry("e.empty", torch.float16, (0, 4), constant(torch.zeros(0, 4))),
+    ]
+
+
+# sha256 of the whole file the writer of sepme 0.6 (hash in the main thread, one writer
+# thread) wrote for `_golden_entries()`: the pipelined writer must keep every byte
+@pytest.mark.parametrize("small", [False, True])
+def test_file_bytes_equal_the_previous_writers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, small: bool
+) -> None:
+    import sepme_engine.export.safetensors_writer as writer
+
+    if small:  # many slices and chunks in flight at once, ragged last ones
+        monkeypatch.setattr(writer, "_CAST_ELEMS", 5)
+        monkeypatch.setattr(writer, "_CHUNK", 64)
+        monkeypatch.setattr(writer, "_WINDOW", 200)
+    out = tmp_path / "g.safetensors"
+    write_safetensors(out, _golden_entries(), {"k": "v"}, hash_key="modelspec.hash_sha256")
+    digest = hashlib.sha256(out.read_bytes()).hexdigest()
+    assert digest == "8bc82a54fa390145f73bcc3f7fcc00f85f82bdd6fef67fd1be67635c7b7eee33"
+
+
+class _SlowFile(io.BytesIO):
+    """Writes that take a while, so casting runs ahead of them and must wait for a free buffer."""
+
+    def write(self, b: Any) -> int:
+        time.sleep(0.002)
+        return super().write(b)
+
+
+def test_cast_buffers_are_not_reused_while_in_flight(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sepme_engine.export.safetensors_writer as writer
+
+    monkeypatch.setattr(writer, "_CAST_ELEMS", 16)
+    g = torch.Generator().manual_seed(3)
+    src = {f"w{i}": torch.randn(40 + i, generator=g) for i in range(6)}
+    entries = [TensorEntry(k, torch.float16, tuple(v.shape), constant(v)) for k, v in src.items()]
+    f = _SlowFile()
+    write_entries(f, entries, None, hash_key="modelspec.hash_sha256")
+    raw = f.getvalue()
+    n = int.from_bytes(raw[:8], "little")
+    data = raw[8 + n :]
+    expected = b"".join(v.half().numpy().tobytes() for v in src.values())
+    assert data == expected
+    meta = json.loads(raw[8 : 8 + n])["__metadata__"]
+    assert meta["modelspec.hash_sha256"] == "0x" + hashlib.sha256(expected).hexdigest()
 
 
 class _FailingFile(io.BytesIO):

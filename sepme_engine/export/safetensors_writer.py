@@ -8,9 +8,11 @@ The header is computed from each tensor's declared dtype and shape before any da
 then each entry's `make()` is called, its bytes written and the tensor released. `make()` may
 return a floating tensor of another floating dtype than declared: the writer then casts it slice
 by slice through a ring of three small reusable buffers (the same values as `.to(dtype)`, without
-allocating a cast copy of the tensor), single-threaded. The bytes are written by a background
-thread, so producing/casting the next slice overlaps the write of the previous one. Another
-shape, or a non-floating mismatch, is an error (the header would lie).
+allocating a cast copy of the tensor), single-threaded. Each byte view is then written by one
+background thread and, when the data is hashed, fed to SHA-256 by another, both at the same time
+(file writes and hashlib release the GIL), while the caller produces/casts the next views: at
+most `_WINDOW` bytes are in flight. Another shape, or a non-floating mismatch, is an error (the
+header would lie).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 import torch
 
@@ -48,6 +50,7 @@ ST_DTYPES: dict[torch.dtype, str] = {
 _ALIGN = 8
 _CHUNK = 64 * 1024 * 1024  # write big tensors in slices: bounded syscalls, responsive to ^C
 _CAST_ELEMS = 1 << 22  # elements cast per slice (8 MiB of fp16): cache-sized
+_WINDOW = 256 * 1024 * 1024  # bytes put and not yet written + hashed (views of the model: free)
 
 
 @dataclass(frozen=True)
@@ -106,75 +109,129 @@ def _raw_bytes(t: torch.Tensor) -> memoryview:
 
 
 class _Caster:
-    """Cast slices through a small ring of reusable buffers per target dtype: while the writer
-    thread writes one slice, the next is cast into another buffer."""
+    """Cast slices through a small ring of reusable buffers per target dtype. A buffer is handed
+    out again only once every consumer is done with the slice it held (`_Pipeline.put`'s
+    `on_done`), so the next slices are cast while earlier ones are still written and hashed."""
 
-    RING = 3  # one being written, one queued, one being filled
+    RING = 4
 
     def __init__(self) -> None:
-        self._bufs: dict[torch.dtype, list[torch.Tensor]] = {}
+        self._bufs: dict[torch.dtype, list[tuple[torch.Tensor, threading.Event]]] = {}
         self._next: dict[torch.dtype, int] = {}
 
-    def buffer(self, dtype: torch.dtype) -> torch.Tensor:
+    def buffer(self, dtype: torch.dtype) -> tuple[torch.Tensor, threading.Event]:
+        """A free buffer and its event; set the event when the slice written into it is done."""
         if dtype not in self._bufs:
-            self._bufs[dtype] = [torch.empty(_CAST_ELEMS, dtype=dtype) for _ in range(self.RING)]
+            self._bufs[dtype] = [
+                (torch.empty(_CAST_ELEMS, dtype=dtype), _set(threading.Event()))
+                for _ in range(self.RING)
+            ]
             self._next[dtype] = 0
         i = self._next[dtype]
         self._next[dtype] = (i + 1) % self.RING
-        return self._bufs[dtype][i]
+        buf, free = self._bufs[dtype][i]
+        free.wait()
+        free.clear()
+        return buf, free
 
 
-class _Writer:
-    """Writes byte views on a background thread (file writes release the GIL), so producing and
-    casting the next tensor overlaps the I/O of the previous one. At most `depth` views wait in
-    the queue; an error in the thread is raised in the caller at the next `put` or at `close`."""
+def _set(ev: threading.Event) -> threading.Event:
+    ev.set()
+    return ev
 
-    def __init__(self, f: BinaryIO, hasher: Any | None, depth: int = 1) -> None:
-        self._f, self._hasher = f, hasher
-        self._q: queue.Queue[memoryview | None] = queue.Queue(maxsize=depth)
+
+class _Chunk:
+    """One byte view on its way through the consumers; `pending` counts those not done yet."""
+
+    __slots__ = ("view", "nbytes", "pending", "on_done")
+
+    def __init__(self, view: memoryview, pending: int, on_done: Callable[[], None] | None):
+        self.view: memoryview | None = view
+        self.nbytes = view.nbytes
+        self.pending = pending
+        self.on_done = on_done
+
+
+class _Pipeline:
+    """Hands each byte view, in order, to consumer threads that work on it at the same time: the
+    file write and, when hashing, the SHA-256 (both release the GIL on large buffers), while the
+    caller produces and casts the next views. At most `window` bytes are in flight (put and not
+    yet done by every consumer); a view is released as soon as all are done with it. An error in
+    a consumer is raised in the caller at the next `put` or at `close`; the consumers then skip
+    the rest (nothing more is written)."""
+
+    def __init__(self, consumers: Sequence[tuple[str, Callable[[memoryview], object]]]) -> None:
+        self._cond = threading.Condition()
+        self._in_flight = 0
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="sepme-writer", daemon=True)
-        self._thread.start()
+        self._queues: list[queue.SimpleQueue[_Chunk | None]] = []
+        self._threads: list[threading.Thread] = []
+        for name, fn in consumers:
+            q: queue.SimpleQueue[_Chunk | None] = queue.SimpleQueue()
+            t = threading.Thread(target=self._run, args=(q, fn), name=name, daemon=True)
+            self._queues.append(q)
+            self._threads.append(t)
+            t.start()
 
-    def _run(self) -> None:
+    def _run(self, q: queue.SimpleQueue[_Chunk | None], fn: Callable[[memoryview], object]) -> None:
         while True:
-            view = self._q.get()
-            if view is None:
+            chunk = q.get()
+            if chunk is None:
                 return
-            if self._error is not None:
-                continue  # drain after a failure
-            try:
-                self._f.write(view)
-                if self._hasher is not None:
-                    self._hasher.update(view)
-            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
-                self._error = exc
-            del view  # release the tensor behind it before waiting for the next one
+            if self._error is None and chunk.view is not None:
+                try:
+                    fn(chunk.view)
+                except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
+                    with self._cond:
+                        self._error = self._error or exc
+                        self._cond.notify_all()
+            self._done(chunk)
+            del chunk
+
+    def _done(self, chunk: _Chunk) -> None:
+        with self._cond:
+            chunk.pending -= 1
+            if chunk.pending:
+                return
+            chunk.view = None  # release the tensor behind it
+            self._in_flight -= chunk.nbytes
+            self._cond.notify_all()
+        if chunk.on_done is not None:
+            chunk.on_done()
 
     def _check(self) -> None:
         if self._error is not None:
             raise self._error
 
-    def put(self, view: memoryview) -> None:
-        self._check()
-        self._q.put(view)
+    def put(self, view: memoryview, on_done: Callable[[], None] | None = None) -> None:
+        chunk = _Chunk(view, len(self._queues), on_done)
+        with self._cond:
+            while (
+                self._error is None and self._in_flight and self._in_flight + chunk.nbytes > _WINDOW
+            ):
+                self._cond.wait()
+            self._check()
+            self._in_flight += chunk.nbytes
+        for q in self._queues:
+            q.put(chunk)
+
+    def _stop(self) -> None:
+        for q in self._queues:
+            q.put(None)
+        for t in self._threads:
+            t.join()
 
     def close(self) -> None:
-        """Wait for every queued write; re-raise the thread's error, if any."""
-        self._q.put(None)
-        self._thread.join()
+        """Wait for every queued view to be consumed; re-raise a consumer's error, if any."""
+        self._stop()
         self._check()
 
     def abort(self) -> None:
-        """Stop after the write in progress (used when the caller fails)."""
-        self._error = self._error or RuntimeError("aborted")
-        while True:
-            try:
-                self._q.get_nowait()
-            except queue.Empty:
-                break
-        self._q.put(None)
-        self._thread.join()
+        """Stop after the work in progress (used when the caller fails)."""
+        with self._cond:
+            self._error = self._error or RuntimeError("aborted")
+            self._cond.notify_all()
+        self._stop()
 
 
 def _check_produced(e: TensorEntry, t: torch.Tensor) -> None:
@@ -211,14 +268,10 @@ def write_entries(
     total = len(entries)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    # the hash runs here, not in the writer thread: hashing the next slice overlaps the write
-    writer = _Writer(f, None)
-
-    def put(view: memoryview) -> None:
-        if hasher is not None:
-            hasher.update(view)  # releases the GIL on large buffers
-        writer.put(view)
-
+    consumers: list[tuple[str, Callable[[memoryview], object]]] = [("sepme-writer", f.write)]
+    if hasher is not None:
+        consumers.append(("sepme-sha256", hasher.update))
+    pipe = _Pipeline(consumers)
     try:
         for i, e in enumerate(entries):
             t = e.make()
@@ -227,23 +280,23 @@ def write_entries(
             del t
             n = flat.numel()
             if flat.dtype == e.dtype:
-                view = _raw_bytes(flat)  # keeps `flat` alive until written
+                view = _raw_bytes(flat)  # keeps `flat` alive until written and hashed
                 for start in range(0, len(view), _CHUNK):
-                    put(view[start : start + _CHUNK])
+                    pipe.put(view[start : start + _CHUNK])
                 del view
             else:
                 for start in range(0, n, _CAST_ELEMS):
                     m = min(_CAST_ELEMS, n - start)
-                    buf = caster.buffer(e.dtype)
+                    buf, free = caster.buffer(e.dtype)
                     buf[:m].copy_(flat[start : start + m])
-                    put(_raw_bytes(buf[:m]))
+                    pipe.put(_raw_bytes(buf[:m]), free.set)
             written += n * flat.new_empty((), dtype=e.dtype).element_size()
             del flat
             if progress is not None:
                 progress(i + 1, total)
-        writer.close()
+        pipe.close()
     except BaseException:
-        writer.abort()
+        pipe.abort()
         raise
     finally:
         torch.set_num_threads(threads)

@@ -138,8 +138,8 @@ def export_single_file(
     prediction type from the scheduler), `sepme.configs` (the pipeline's configs as JSON, so
     non-standard models can be re-imported), `sepme.arch`, then the caller's `metadata`
     (provenance: sepme.schema_version, sepme.version, sepme.base_digest, sepme.increments...)
-    merged last. `modelspec.hash_sha256` is filled in while the tensors stream out (the writer
-    thread hashes what it writes; `sha256=False` skips it). The pipeline is not modified.
+    merged last. `modelspec.hash_sha256` is filled in while the tensors stream out (a thread
+    hashes each view while another writes it; `sha256=False` skips it). The pipeline is not modified.
 
     Raises InvalidInput (bad dtype/arch, arch vs scheduler mismatch), BaseMismatch (a delta does
     not fit the UNet), UnsupportedModel (keys the LDM layout cannot place), AlreadyExists.
