@@ -8,6 +8,7 @@ import os
 import shlex
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
@@ -142,6 +143,46 @@ NEXT_STEPS: dict[tuple[type[E.SepmeError], str], Callable[[E.SepmeError], str]] 
     (E.InvalidInput, "base-source"): lambda e: f"pass a path: `sepme base add {_q(e.name)} PATH`",
     (E.InvalidInput, "zero-increments"): lambda e: "check the increments with `sepme inspect`",
     (E.Conflict, "base-add"): lambda e: f"run `sepme base add {_q(e.name)} ...` again",
+    # the command line's options for what the engine's data says
+    (E.AlreadyExists, "output"): lambda e: (
+        "choose another output path or pass --force to replace it"
+    ),
+    (E.InvalidInput, "concept-name"): lambda e: (
+        "give the concept a plain name and pass the text with --prompt"
+    ),
+    (E.InvalidInput, "unknown-words"): lambda e: (
+        "use words the base knows (the toy base knows its 13 concepts), or pass --force "
+        "to train anyway"
+    ),
+    (E.InvalidInput, "prompt-several"): lambda e: "erase them one call each, or drop --prompt",
+    (E.InvalidInput, "until-erased"): lambda e: "drop --until-erased, or use --method sepme",
+    (E.InvalidInput, "init"): lambda e: "--init closed-form (default) or --init zero (the paper's)",
+    (E.InvalidInput, "cpu-dtype"): lambda e: "drop --dtype or pass --dtype fp32",
+    (E.InvalidInput, "compare-nothing"): lambda e: (
+        "erase a concept first, or pick some with --variant/--erase"
+    ),
+    (E.InvalidInput, "diffusers-file"): lambda e: (
+        f"drop --format for a single file, or give a folder ({Path(e.path).name})"
+    ),
+    (E.InvalidInput, "lora-nothing-selected"): lambda e: (
+        "erase a concept first, or pass --erase NAME"
+    ),
+    (E.InvalidInput, "rank"): lambda e: "pass --rank 4 or more",
+    (E.InvalidInput, "lora-sdxl-names"): lambda e: (
+        "export the composition with --format ldm or diffusers instead"
+    ),
+    (E.UnsupportedModel, "single-file-layout"): lambda e: (
+        "export it with --format diffusers instead"
+    ),
+    (E.PickleRefused, "pickle"): lambda e: (
+        f"{e.hint or 'convert it to .safetensors'}, or pass --allow-pickle if you trust it "
+        "(it is then loaded with torch.load(weights_only=True))"
+    ),
+    (E.DeviceUnavailable, "cuda"): lambda e: (
+        "use --device cpu (or auto), or install a CUDA build of torch"
+    ),
+    (E.DeviceUnavailable, "cuda-index"): lambda e: "pick an existing index, or use --device cuda",
+    (E.DeviceUnavailable, "mps"): lambda e: "use --device cpu (or auto)",
 }
 
 

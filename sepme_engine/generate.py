@@ -219,7 +219,8 @@ def evaluate_base(
     if compare and not names:
         raise InvalidInput(
             "nothing to compare: no increment is selected, so it would be the base twice",
-            hint="erase a concept first, or pick some with --variant/--erase",
+            hint="erase a concept first, or select some",
+            kind="compare-nothing",
         )
     dev = resolve_device(device or load_config(store.root).get("device"))
     pipe = load_base(store, info.name, device=str(dev))

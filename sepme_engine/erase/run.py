@@ -266,7 +266,8 @@ def erase(
     if prompt is not None and len(concepts) > 1:
         raise InvalidInput(
             "--prompt applies to one concept; several were given",
-            hint="erase them one call each, or drop --prompt",
+            hint="erase them one call each",
+            kind="prompt-several",
         )
     info = get_base(store, base)
     targets: list[tuple[str, str]] = []
@@ -308,7 +309,8 @@ def erase(
     if until_erased and getattr(module, "next_round", None) is None:
         raise InvalidInput(
             f"--until-erased trains SepME again with a lower τ; it does not apply to {method}",
-            hint="drop --until-erased, or use --method sepme",
+            hint="erase once, or use the sepme method",
+            kind="until-erased",
         )
     extra_preserve = dict(preserve_for or {})
     e_ks: dict[str, list[str]] = {}

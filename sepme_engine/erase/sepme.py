@@ -98,7 +98,8 @@ class SepMEConfig:
         if self.init not in INITS:
             raise InvalidInput(
                 f"init must be one of {', '.join(INITS)}, got {self.init!r}",
-                hint="--init closed-form (default) or --init zero (the paper's)",
+                hint="closed-form (default) or zero (the paper's)",
+                kind="init",
             )
         if not self.cf_ridge > 0:
             raise InvalidInput(f"cf_ridge must be > 0, got {self.cf_ridge}")

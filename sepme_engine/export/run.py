@@ -43,7 +43,9 @@ def guess_format(out: Path, fmt: str | None) -> str:
     if fmt == "diffusers" and suffix == ".safetensors":
         raise InvalidInput(
             f"--format diffusers writes a folder, but {out.name} names a .safetensors file",
-            hint=f"drop --format for a single file, or give a folder ({out.with_suffix('').name})",
+            hint=f"give a folder ({out.with_suffix('').name})",
+            kind="diffusers-file",
+            path=str(out.with_suffix("")),
         )
     if fmt is not None:
         return fmt
@@ -79,7 +81,7 @@ def export(
         )
     if (out.exists() or out.is_symlink()) and not force:
         raise AlreadyExists(
-            f"{out} already exists", hint="choose another output path or pass --force to replace it"
+            f"{out} already exists", hint="choose another output path", kind="output", path=str(out)
         )
     if not out.parent.is_dir():
         raise InvalidInput(f"the folder {out.parent} does not exist", hint="create it first")
@@ -114,7 +116,8 @@ def export(
         if not names:
             raise InvalidInput(
                 "nothing to export as a LoRA: no increment is selected",
-                hint="erase a concept first, or pass --erase NAME",
+                hint="erase a concept first, or select one",
+                kind="lora-nothing-selected",
             )
         incs = {i.concept: load_increment(store, i, info) for i in increments}
         return export_lora(
