@@ -28,6 +28,23 @@ app = typer.Typer()
 Method = Enum("Method", [(n, n) for n in method_names()], type=str)  # type: ignore[misc]
 
 
+def advice_words(o: Any) -> str:
+    """The next step for an outcome's verdict advice (erase/verdict.py ADVICE), as options."""
+    if o.advice == "raise-steps":
+        cap = "the run reached its iteration cap"
+        if o.suggested_steps is not None:
+            cap += f"; e.g. --steps {o.suggested_steps}"
+        return f"raise --steps ({cap})" + (", or --until-erased" if o.repeatable else "")
+    if o.advice == "use-sepme":
+        return "use --method sepme (closed form + G-CiRs iterations)"
+    if o.advice == "lower-tau":
+        lower = "a lower --tau"
+        if o.suggested_tau is not None:
+            lower += f" (e.g. --tau={o.suggested_tau:.1e})"
+        return ("rerun with --until-erased, or " if o.repeatable else "rerun with ") + lower
+    return str(o.advice)
+
+
 def _short(name: str, width: int = 14) -> str:
     return name if len(name) <= width else name[: width - 1] + "…"
 
@@ -289,7 +306,7 @@ def erase(
     )
     for o in report.outcomes:
         if o.verdict and o.verdict != "erased":
-            err.print(f"{o.concept}: {o.verdict} — next: {o.next_step}")
+            err.print(f"{o.concept}: {o.verdict} — next: {advice_words(o)}")
     if report.applied:
         err.print(
             f"active on {report.base}: {', '.join(report.active)} — restore with `sepme compose --restore NAME`"

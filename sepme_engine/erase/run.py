@@ -42,9 +42,14 @@ class ConceptOutcome:
     correlation: float | None = None  # residual correlation ρ
     judged_rate: float | None = None  # toy base: bare-prompt rate with the increment
     chance_rate: float | None = None  # toy base: blank-prompt rate, same seeds
-    next_step: str = ""
+    # what would erase it (erase/verdict.py ADVICE: "raise-steps", "use-sepme", "lower-tau"; ""
+    # when erased or not checked) and the numbers to try; an interface words it
+    advice: str = ""
+    suggested_steps: int | None = None  # raise-steps: twice this run's iteration cap
+    suggested_tau: float | None = None  # lower-tau: the τ the method's next round would use
+    repeatable: bool = False  # the method trains again until erased (`until_erased`)
     tau: float | None = None  # the τ of the kept increment (SepME)
-    rounds: int = 1  # trainings run (more than 1 with --until-erased)
+    rounds: int = 1  # trainings run (more than 1 with until_erased)
     unet_passes_verdict: int = 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -522,6 +527,14 @@ def _one(
         activate=apply,
         expect=view,
     )
+    advice = checked.advice if checked is not None else ""
+    next_round = getattr(module, "next_round", None)
+    steps_field = erase_settings.field_of(module, "steps")
+    suggested_steps = suggested_tau = None
+    if advice == "raise-steps" and hasattr(run_cfg, steps_field):
+        suggested_steps = 2 * int(getattr(run_cfg, steps_field))  # what next_round would run
+    if advice == "lower-tau" and next_round is not None:
+        suggested_tau = getattr(next_round(run_cfg, trained), "tau", None)
     outcome = ConceptOutcome(
         concept=name,
         prompt=p,
@@ -540,7 +553,10 @@ def _one(
         correlation=checked.correlation if checked else None,
         judged_rate=checked.judged_rate if checked else None,
         chance_rate=checked.chance_rate if checked else None,
-        next_step=checked.next_step if checked else "",
+        advice=advice,
+        suggested_steps=suggested_steps,
+        suggested_tau=suggested_tau,
+        repeatable=next_round is not None,
         tau=getattr(run_cfg, "tau", None),  # a method that stops on a threshold
         rounds=rounds,
         unet_passes_verdict=verdict_passes,
