@@ -9,7 +9,7 @@ import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 import typer
@@ -228,6 +228,34 @@ def format_os_error(exc: OSError) -> str:
     return _clip(f"error (I/O{' ' + code if code else ''}): {what}{where} — {hint}", 700)
 
 
+# `sepme list | head -1`: the reader went away. The exit status a SIGPIPE death gives (128 + 13),
+# as `yes | head -1` does, so `set -o pipefail` still tells a cut-short listing from a full one.
+BROKEN_PIPE_EXIT = 141
+
+
+def exit_on_broken_pipe() -> NoReturn:
+    """stdout's reader closed it early: no traceback, no error line. Python's recipe: what is
+    still to be written (and flushed at exit) goes to /dev/null, then exit."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # no real stdout (a test runner's): nothing to redirect
+        pass
+    sys.exit(BROKEN_PIPE_EXIT)
+
+
+def install_broken_pipe_handler() -> None:
+    """rich (the tables, --json, typer's --help) catches a BrokenPipeError itself and exits 1:
+    make it exit as `exit_on_broken_pipe` does."""
+    from rich.console import Console
+
+    def on_broken_pipe(self: Console) -> None:
+        self.quiet = True
+        exit_on_broken_pipe()
+
+    Console.on_broken_pipe = on_broken_pipe  # type: ignore[method-assign]
+
+
 class _EchoHandler(logging.Handler):
     """Engine notes (the "sepme" logger: e.g. a stale export temporary removed) as one stderr
     line each, looked up at emit time so test runners that swap stderr see them."""
@@ -287,6 +315,10 @@ class SepmeGroup(typer.core.TyperGroup):
             text = _clip(exc.format_message(), MAX_MESSAGE)  # type: ignore[attr-defined]
             click.echo(f"error (usage): {text} — see `{where} --help`", err=True)
             sys.exit(getattr(exc, "exit_code", 2))
+        except BrokenPipeError:  # stdout's reader went away (`sepme list | head -1`)
+            if os.environ.get("SEPME_DEBUG") == "1":
+                raise
+            exit_on_broken_pipe()
         except OSError as exc:  # environment and I/O errors (ENOSPC, EROFS, EFBIG, ...)
             if os.environ.get("SEPME_DEBUG") == "1":
                 raise
