@@ -168,6 +168,14 @@ NEXT_STEPS: dict[tuple[type[E.SepmeError], str], Callable[[E.SepmeError], str]] 
         "erase a concept first, or pass --erase NAME"
     ),
     (E.InvalidInput, "rank"): lambda e: "pass --rank 4 or more",
+    (E.InvalidInput, "rank-not-lora"): lambda e: "drop --rank, or pass --format lora",
+    (E.InvalidInput, "plain-and-selection"): lambda e: "drop --variant/--erase, or --plain",
+    (E.InvalidInput, "n-images"): lambda e: "pass --n 1 or more",
+    (E.InvalidInput, "image-path"): lambda e: "give -o a .png file",
+    (E.InvalidInput, "erase-and-restore"): lambda e: (
+        "name each concept once, in --erase or in --restore"
+    ),
+    (E.InvalidInput, "variant-and-erase"): lambda e: "give --variant or --erase, not both",
     (E.InvalidInput, "lora-sdxl-names"): lambda e: (
         "export the composition with --format ldm or diffusers instead"
     ),

@@ -22,10 +22,28 @@ from sepme_cli._params import (
 )
 from sepme_cli._render import err, out, print_json, table
 from sepme_engine.erase import names as method_names
+from sepme_engine.errors import SepmeError
 
 app = typer.Typer()
 # `--method`'s choices: the registered methods (sepme_engine/erase/__init__.py)
 Method = Enum("Method", [(n, n) for n in method_names()], type=str)  # type: ignore[misc]
+
+
+def not_for_method(method: str, options: dict[str, Any], exc: SepmeError) -> str:
+    """The usage error for options `method` does not take, in the command line's words."""
+    from sepme_cli._errors import next_step
+    from sepme_engine.erase.settings import method_module, words
+
+    known = words(method_module(method))
+    bad = [k for k, v in options.items() if v is not None and k not in known]
+    if not bad:  # not that refusal
+        return f"{exc}; {next_step(exc)}"
+    flag = {k: "--" + k.replace("_", "-") for k in options}
+    takes = ", ".join(flag[k] for k in options if k in known) or "none of these options"
+    return (
+        f"{', '.join(flag[k] for k in bad)} {'does' if len(bad) == 1 else 'do'} not apply to "
+        f"--method {method}; {method} takes {takes}; drop the option or choose another method"
+    )
 
 
 def advice_words(o: Any) -> str:
@@ -252,7 +270,7 @@ def erase(
     try:
         check_options(method.value, overrides)
     except InvalidInput as exc:  # e.g. --tau with --method esd-x: a usage error
-        raise typer.BadParameter(f"{exc.message}; {exc.hint}") from None
+        raise typer.BadParameter(not_for_method(method.value, overrides, exc)) from None
     store = open_store()
     common: dict[str, Any] = dict(  # what a list run and a single run both pass to erase()
         base=base,

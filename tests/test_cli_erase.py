@@ -289,8 +289,9 @@ def test_the_engine_refuses_them_too(tiny_base: str, store: Store) -> None:
     from sepme_engine.erase.run import erase
     from sepme_engine.errors import InvalidInput
 
-    with pytest.raises(InvalidInput, match="--tau, --lam do not apply to --method esd-x"):
+    with pytest.raises(InvalidInput, match="^tau, lam do not apply to method esd-x$") as refused:
         erase(store, ["cat"], method="esd-x", overrides={"tau": 5.0, "lam": 1.0, "steps": None})
+    assert (refused.value.kind, refused.value.name) == ("not-for-method", "esd-x")
     with pytest.raises(InvalidInput, match="unknown method 'magic'.*"):
         erase(store, ["cat"], method="magic")
     assert not store.list_manifests("increments")

@@ -1,5 +1,6 @@
-"""Typed errors carry data; the CLI owns the words: no engine hint names a command-line option,
-and the one-line message the CLI prints still names the option to pass."""
+"""Typed errors carry data; the CLI owns the words: no engine error's message or hint names a
+command-line option or command, and the one-line message the CLI prints still names the option
+to pass."""
 
 from __future__ import annotations
 
@@ -14,11 +15,13 @@ from typer.testing import CliRunner
 import sepme_engine
 from sepme_cli.app import app
 from sepme_engine import errors as E
+from sepme_engine.store import Store
+from tests.test_cli_everyday import fake_increments
 
 ENGINE = Path(sepme_engine.__file__).parent
 runner = CliRunner()
 
-# Hints that may name `--words` because they are not sepme's command line:
+# Errors that may name `--words` because they are not sepme's command line:
 ALLOWED = {
     # the toy training script's own command line (`python -m sepme_engine.toy.train --out DIR`,
     # `--lr`, `--seed`), not a `sepme` command
@@ -45,17 +48,17 @@ def _strings(node: ast.AST) -> str:
     )
 
 
-def _hints(path: Path) -> list[tuple[int, str]]:
-    """(line, text) of every hint given to an error: `hint=...`, or an error class's second
-    positional argument."""
+def _texts(path: Path) -> list[tuple[int, str]]:
+    """(line, text) of every message and hint given to an error: an error class's positional
+    arguments (message, hint) and its `hint=`."""
     found = []
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if not isinstance(node, ast.Call):
             continue
         found += [(kw.value.lineno, _strings(kw.value)) for kw in node.keywords if kw.arg == "hint"]
         name = getattr(node.func, "id", getattr(node.func, "attr", ""))
-        if name in ERRORS and len(node.args) >= 2:
-            found.append((node.args[1].lineno, _strings(node.args[1])))
+        if name in ERRORS:
+            found += [(a.lineno, _strings(a)) for a in node.args[:2]]
     return found
 
 
@@ -68,14 +71,14 @@ def _cli_words(text: str, commands: set[str]) -> list[str]:
 @pytest.mark.parametrize(
     "path", sorted(ENGINE.rglob("*.py")), ids=lambda p: str(p.relative_to(ENGINE))
 )
-def test_engine_hints_name_no_option_or_command(path: Path) -> None:
+def test_engine_errors_name_no_option_or_command(path: Path) -> None:
     rel = path.relative_to(ENGINE).as_posix()
     if rel in ALLOWED:
         return
     commands = _commands()
-    bad = [(line, text) for line, text in _hints(path) if _cli_words(text, commands)]
+    bad = [(line, text) for line, text in _texts(path) if _cli_words(text, commands)]
     assert not bad, (
-        f"{rel}: hints naming the CLI's options/commands {bad}: give the error a `kind` (and "
+        f"{rel}: errors naming the CLI's options/commands {bad}: give the error a `kind` (and "
         "data) and put the words in sepme_cli/_errors.py NEXT_STEPS"
     )
 
@@ -91,7 +94,12 @@ def test_the_scan_can_fail(tmp_path: Path) -> None:
         'raise InvalidInput("x", hint="use --device cpu")\nraise NotFound("y", "drop --format")\n',
         encoding="utf-8",
     )
-    assert _hints(module) == [(1, "use --device cpu"), (2, "drop --format")]
+    assert sorted(_texts(module)) == [
+        (1, "use --device cpu"),
+        (1, "x"),
+        (2, "drop --format"),
+        (2, "y"),
+    ]
 
 
 # ----- the CLI still names the option ---------------------------------------------------------
@@ -151,3 +159,21 @@ def test_cuda_on_a_machine_without_it_names_device(tmp_path: Path) -> None:
 def test_erase_refusals_name_the_option(args: list[str], step: str) -> None:
     line = _line(*args)
     assert line.startswith("error (invalid input): ") and line.endswith(f"— {step}"), line
+
+
+def test_more_refusals_name_the_option(tmp_path: Path, store: Store) -> None:
+    fake_increments(store, "circle")
+    png, st = str(tmp_path / "g.png"), str(tmp_path / "m.safetensors")
+    cases = [
+        (["export", st, "--rank", "4"], "drop --rank, or pass --format lora"),
+        (["compose", "--erase", "circle", "--restore", "circle"], "in --erase or in --restore"),
+        (["generate", "a red circle", "-o", png, "--plain", "--erase", "circle"], "or --plain"),
+        (
+            ["export", st, "--variant", "v", "--erase", "circle"],
+            "give --variant or --erase, not both",
+        ),
+    ]
+    for args, step in cases:
+        line = _line(*args)
+        assert line.startswith("error (invalid input): ") and line.endswith(step), line
+        assert "--" not in line.split(" — ")[0], line  # the engine's message: no option

@@ -270,7 +270,7 @@ def erase(
     erase_settings.check_options(method, overrides or {})
     if prompt is not None and len(concepts) > 1:
         raise InvalidInput(
-            "--prompt applies to one concept; several were given",
+            f"a prompt applies to one concept; {len(concepts)} were given",
             hint="erase them one call each",
             kind="prompt-several",
         )
@@ -313,7 +313,7 @@ def erase(
     default_preserve = list(settings.preserve) if use_default_preserve else []
     if until_erased and getattr(module, "next_round", None) is None:
         raise InvalidInput(
-            f"--until-erased trains SepME again with a lower τ; it does not apply to {method}",
+            f"erasing until erased trains SepME again with a lower τ; it does not apply to {method}",
             hint="erase once, or use the sepme method",
             kind="until-erased",
         )

@@ -42,7 +42,7 @@ def guess_format(out: Path, fmt: str | None) -> str:
         )
     if fmt == "diffusers" and suffix == ".safetensors":
         raise InvalidInput(
-            f"--format diffusers writes a folder, but {out.name} names a .safetensors file",
+            f"the diffusers format writes a folder, but {out.name} names a .safetensors file",
             hint=f"give a folder ({out.with_suffix('').name})",
             kind="diffusers-file",
             path=str(out.with_suffix("")),
@@ -71,9 +71,15 @@ def export(
     if dtype not in DTYPES:
         raise InvalidInput(f"unknown dtype {dtype!r}", hint="use fp16, bf16 or fp32")
     if rank is not None and fmt != "lora":
-        raise InvalidInput("--rank applies to --format lora only")
+        raise InvalidInput(
+            f"a rank applies to LoRA exports only, not to {fmt}",
+            hint="drop the rank, or export a LoRA",
+            kind="rank-not-lora",
+        )
     if rank is not None and rank < 1:
-        raise InvalidInput("--rank must be at least 1")
+        raise InvalidInput(
+            f"rank must be at least 1, got {rank}", hint="use a rank of 4 or more", kind="rank"
+        )
     if fmt in ("ldm", "lora") and out.suffix.lower() != ".safetensors":
         raise InvalidInput(
             f"{fmt} exports are single .safetensors files; {out} is not",
