@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
+from sepme_cli._errors import next_step
 from sepme_cli._params import (
     BaseOpt,
     ConceptArg,
@@ -31,7 +32,6 @@ Method = Enum("Method", [(n, n) for n in method_names()], type=str)  # type: ign
 
 def not_for_method(method: str, options: dict[str, Any], exc: SepmeError) -> str:
     """The usage error for options `method` does not take, in the command line's words."""
-    from sepme_cli._errors import next_step
     from sepme_engine.erase.settings import method_module, words
 
     known = words(method_module(method))
@@ -463,7 +463,9 @@ def _with_list_lines(on_event: Any, rank: int, world: int) -> Any:
                 f"{prefix}{ev.concept}: stored earlier with the same settings and E_k — skipped"
             )
         elif ev.kind == "failed":
-            err.print(f"{prefix}{ev.concept}: failed — {ev.info}")
+            exc = ev.info  # the engine's error: its message and the CLI's next step
+            step = next_step(exc) if isinstance(exc, SepmeError) else None
+            err.print(f"{prefix}{ev.concept}: failed — {exc}" + (f" — {step}" if step else ""))
         elif ev.kind == "done" and world > 1:
             o = ev.info
             err.print(f"{prefix}{ev.concept}: {o.verdict or 'stored'} ({o.wall_s:.1f}s)")

@@ -177,3 +177,15 @@ def test_more_refusals_name_the_option(tmp_path: Path, store: Store) -> None:
         line = _line(*args)
         assert line.startswith("error (invalid input): ") and line.endswith(step), line
         assert "--" not in line.split(" — ")[0], line  # the engine's message: no option
+
+
+def test_a_failed_concept_of_a_list_names_the_option(capsys: pytest.CaptureFixture[str]) -> None:
+    """`erase --from-file` goes on after a failure; its progress line words the error's data."""
+    from sepme_cli.erase import _with_list_lines
+    from sepme_engine.erase.run import Event
+
+    exc = E.InvalidInput("no such words", hint="force the training anyway", kind="unknown-words")
+    _with_list_lines(None, 0, 1)(Event("failed", "cat", info=exc))
+    said = " ".join(capsys.readouterr().err.split())
+    assert said.startswith("cat: failed — no such words — use words the base knows")
+    assert said.endswith("or pass --force to train anyway")

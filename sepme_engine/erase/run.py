@@ -88,7 +88,9 @@ class Event:
     which carries what the line shows), 'start', 'round' (--until-erased trains again; info:
     {"tau", "steps", "round", "rounds", "verdict"}), 'verify' (measuring the verdict) or 'done'."""
 
-    kind: str  # also 'skip' (resume: stored and matching) and 'failed' (keep_going; info: text)
+    # also 'skip' (resume: stored and matching) and 'failed' (keep_going; info: the SepmeError,
+    # whose data an interface words; the report keeps its message and hint as text)
+    kind: str
     concept: str
     done: int = 0
     total: int = 0
@@ -409,7 +411,7 @@ def erase(
                 raise
             text = exc.message + (f" — {exc.hint}" if exc.hint else "")
             failed.append((name, text))
-            emit(Event("failed", name, info=text))
+            emit(Event("failed", name, info=exc))
             continue
         outcomes.append(outcome)
         emit(Event("done", name, info=outcome))
