@@ -8,7 +8,8 @@ import os
 import shlex
 import sys
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import Any, NoReturn
 
 import click
 import typer
@@ -142,6 +143,54 @@ NEXT_STEPS: dict[tuple[type[E.SepmeError], str], Callable[[E.SepmeError], str]] 
     (E.InvalidInput, "base-source"): lambda e: f"pass a path: `sepme base add {_q(e.name)} PATH`",
     (E.InvalidInput, "zero-increments"): lambda e: "check the increments with `sepme inspect`",
     (E.Conflict, "base-add"): lambda e: f"run `sepme base add {_q(e.name)} ...` again",
+    # the command line's options for what the engine's data says
+    (E.AlreadyExists, "output"): lambda e: (
+        "choose another output path or pass --force to replace it"
+    ),
+    (E.InvalidInput, "concept-name"): lambda e: (
+        "give the concept a plain name and pass the text with --prompt"
+    ),
+    (E.InvalidInput, "unknown-words"): lambda e: (
+        "use words the base knows (the toy base knows its 13 concepts), or pass --force "
+        "to train anyway"
+    ),
+    (E.InvalidInput, "prompt-several"): lambda e: "erase them one call each, or drop --prompt",
+    (E.InvalidInput, "until-erased"): lambda e: "drop --until-erased, or use --method sepme",
+    (E.InvalidInput, "init"): lambda e: "--init closed-form (default) or --init zero (the paper's)",
+    (E.InvalidInput, "cpu-dtype"): lambda e: "drop --dtype or pass --dtype fp32",
+    (E.InvalidInput, "compare-nothing"): lambda e: (
+        "erase a concept first, or pick some with --variant/--erase"
+    ),
+    (E.InvalidInput, "diffusers-file"): lambda e: (
+        f"drop --format for a single file, or give a folder ({Path(e.path).name})"
+    ),
+    (E.InvalidInput, "lora-nothing-selected"): lambda e: (
+        "erase a concept first, or pass --erase NAME"
+    ),
+    (E.InvalidInput, "rank"): lambda e: "pass --rank 4 or more",
+    (E.InvalidInput, "rank-not-lora"): lambda e: "drop --rank, or pass --format lora",
+    (E.InvalidInput, "plain-and-selection"): lambda e: "drop --variant/--erase, or --plain",
+    (E.InvalidInput, "n-images"): lambda e: "pass --n 1 or more",
+    (E.InvalidInput, "image-path"): lambda e: "give -o a .png file",
+    (E.InvalidInput, "erase-and-restore"): lambda e: (
+        "name each concept once, in --erase or in --restore"
+    ),
+    (E.InvalidInput, "variant-and-erase"): lambda e: "give --variant or --erase, not both",
+    (E.InvalidInput, "lora-sdxl-names"): lambda e: (
+        "export the composition with --format ldm or diffusers instead"
+    ),
+    (E.UnsupportedModel, "single-file-layout"): lambda e: (
+        "export it with --format diffusers instead"
+    ),
+    (E.PickleRefused, "pickle"): lambda e: (
+        f"{e.hint or 'convert it to .safetensors'}, or pass --allow-pickle if you trust it "
+        "(it is then loaded with torch.load(weights_only=True))"
+    ),
+    (E.DeviceUnavailable, "cuda"): lambda e: (
+        "use --device cpu (or auto), or install a CUDA build of torch"
+    ),
+    (E.DeviceUnavailable, "cuda-index"): lambda e: "pick an existing index, or use --device cuda",
+    (E.DeviceUnavailable, "mps"): lambda e: "use --device cpu (or auto)",
 }
 
 
@@ -185,6 +234,34 @@ def format_os_error(exc: OSError) -> str:
     where = f": {exc.filename}" if exc.filename else ""
     hint = OS_HINTS.get(exc.errno or 0, "check the path and the disk, then run it again")
     return _clip(f"error (I/O{' ' + code if code else ''}): {what}{where} — {hint}", 700)
+
+
+# `sepme list | head -1`: the reader went away. The exit status a SIGPIPE death gives (128 + 13),
+# as `yes | head -1` does, so `set -o pipefail` still tells a cut-short listing from a full one.
+BROKEN_PIPE_EXIT = 141
+
+
+def exit_on_broken_pipe() -> NoReturn:
+    """stdout's reader closed it early: no traceback, no error line. Python's recipe: what is
+    still to be written (and flushed at exit) goes to /dev/null, then exit."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # no real stdout (a test runner's): nothing to redirect
+        pass
+    sys.exit(BROKEN_PIPE_EXIT)
+
+
+def install_broken_pipe_handler() -> None:
+    """rich (the tables, --json, typer's --help) catches a BrokenPipeError itself and exits 1:
+    make it exit as `exit_on_broken_pipe` does."""
+    from rich.console import Console
+
+    def on_broken_pipe(self: Console) -> None:
+        self.quiet = True
+        exit_on_broken_pipe()
+
+    Console.on_broken_pipe = on_broken_pipe  # type: ignore[method-assign]
 
 
 class _EchoHandler(logging.Handler):
@@ -246,6 +323,10 @@ class SepmeGroup(typer.core.TyperGroup):
             text = _clip(exc.format_message(), MAX_MESSAGE)  # type: ignore[attr-defined]
             click.echo(f"error (usage): {text} — see `{where} --help`", err=True)
             sys.exit(getattr(exc, "exit_code", 2))
+        except BrokenPipeError:  # stdout's reader went away (`sepme list | head -1`)
+            if os.environ.get("SEPME_DEBUG") == "1":
+                raise
+            exit_on_broken_pipe()
         except OSError as exc:  # environment and I/O errors (ENOSPC, EROFS, EFBIG, ...)
             if os.environ.get("SEPME_DEBUG") == "1":
                 raise

@@ -8,7 +8,13 @@ import typer
 import typer.core
 
 from sepme_cli import base, compose, erase, export, generate, inspect, store
-from sepme_cli._errors import SepmeGroup, install_log_handler, install_signal_handlers
+from sepme_cli._errors import (
+    SepmeGroup,
+    install_broken_pipe_handler,
+    install_log_handler,
+    install_signal_handlers,
+)
+from sepme_cli._render import out
 from sepme_engine import __version__
 
 
@@ -37,7 +43,7 @@ install_log_handler()
 
 def _version(value: bool) -> None:
     if value:
-        typer.echo(f"sepme {__version__}")
+        out.print(f"sepme {__version__}", markup=False)  # a closed pipe: as every output
         raise typer.Exit()
 
 
@@ -66,6 +72,7 @@ def main() -> None:
     import warnings
 
     install_signal_handlers()
+    install_broken_pipe_handler()
     # library chatter would break the one-line error (a long prompt's tokenizer warning, torch's
     # note on a pickle's protocol): sepme reports these conditions itself
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")

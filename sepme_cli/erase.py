@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
+from sepme_cli._errors import next_step
 from sepme_cli._params import (
     BaseOpt,
     ConceptArg,
@@ -22,10 +23,44 @@ from sepme_cli._params import (
 )
 from sepme_cli._render import err, out, print_json, table
 from sepme_engine.erase import names as method_names
+from sepme_engine.errors import SepmeError
 
 app = typer.Typer()
 # `--method`'s choices: the registered methods (sepme_engine/erase/__init__.py)
 Method = Enum("Method", [(n, n) for n in method_names()], type=str)  # type: ignore[misc]
+
+
+def not_for_method(method: str, options: dict[str, Any], exc: SepmeError) -> str:
+    """The usage error for options `method` does not take, in the command line's words."""
+    from sepme_engine.erase.settings import method_module, words
+
+    known = words(method_module(method))
+    bad = [k for k, v in options.items() if v is not None and k not in known]
+    if not bad:  # not that refusal
+        return f"{exc}; {next_step(exc)}"
+    flag = {k: "--" + k.replace("_", "-") for k in options}
+    takes = ", ".join(flag[k] for k in options if k in known) or "none of these options"
+    return (
+        f"{', '.join(flag[k] for k in bad)} {'does' if len(bad) == 1 else 'do'} not apply to "
+        f"--method {method}; {method} takes {takes}; drop the option or choose another method"
+    )
+
+
+def advice_words(o: Any) -> str:
+    """The next step for an outcome's verdict advice (erase/verdict.py ADVICE), as options."""
+    if o.advice == "raise-steps":
+        cap = "the run reached its iteration cap"
+        if o.suggested_steps is not None:
+            cap += f"; e.g. --steps {o.suggested_steps}"
+        return f"raise --steps ({cap})" + (", or --until-erased" if o.repeatable else "")
+    if o.advice == "use-sepme":
+        return "use --method sepme (closed form + G-CiRs iterations)"
+    if o.advice == "lower-tau":
+        lower = "a lower --tau"
+        if o.suggested_tau is not None:
+            lower += f" (e.g. --tau={o.suggested_tau:.1e})"
+        return ("rerun with --until-erased, or " if o.repeatable else "rerun with ") + lower
+    return str(o.advice)
 
 
 def _short(name: str, width: int = 14) -> str:
@@ -235,7 +270,7 @@ def erase(
     try:
         check_options(method.value, overrides)
     except InvalidInput as exc:  # e.g. --tau with --method esd-x: a usage error
-        raise typer.BadParameter(f"{exc.message}; {exc.hint}") from None
+        raise typer.BadParameter(not_for_method(method.value, overrides, exc)) from None
     store = open_store()
     common: dict[str, Any] = dict(  # what a list run and a single run both pass to erase()
         base=base,
@@ -295,7 +330,7 @@ def erase(
                 "softly, not exactly (restoring them leaves a small change)"
             )
         if o.verdict and o.verdict != "erased":
-            err.print(f"{o.concept}: {o.verdict} — next: {o.next_step}")
+            err.print(f"{o.concept}: {o.verdict} — next: {advice_words(o)}")
     if report.applied:
         err.print(
             f"active on {report.base}: {', '.join(report.active)} — restore with `sepme compose --restore NAME`"
@@ -434,7 +469,9 @@ def _with_list_lines(on_event: Any, rank: int, world: int) -> Any:
                 f"{prefix}{ev.concept}: stored earlier with the same settings and E_k — skipped"
             )
         elif ev.kind == "failed":
-            err.print(f"{prefix}{ev.concept}: failed — {ev.info}")
+            exc = ev.info  # the engine's error: its message and the CLI's next step
+            step = next_step(exc) if isinstance(exc, SepmeError) else None
+            err.print(f"{prefix}{ev.concept}: failed — {exc}" + (f" — {step}" if step else ""))
         elif ev.kind == "done" and world > 1:
             o = ev.info
             err.print(f"{prefix}{ev.concept}: {o.verdict or 'stored'} ({o.wall_s:.1f}s)")

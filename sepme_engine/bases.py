@@ -114,8 +114,8 @@ def diffusers_files(folder: Path, allow_pickle: bool = False) -> list[str]:
                 if not allow_pickle:
                     raise PickleRefused(
                         f"{p} is a pickle file, which can run arbitrary code when loaded",
-                        hint="convert it to .safetensors, or pass --allow-pickle if you trust it "
-                        "(it is then loaded with weights_only=True)",
+                        hint="convert it to .safetensors",
+                        kind="pickle",
                     )
             if ".fp16." in p.name and any(q.name == p.name.replace(".fp16.", ".") for q in files):
                 continue

@@ -166,7 +166,9 @@ def compose(
     both = sorted(set(erase_l) & set(restore_l))
     if both:
         raise InvalidInput(
-            f"{', '.join(both)} given to both --erase and --restore", hint="name each concept once"
+            f"{', '.join(both)} both erased and restored",
+            hint="name each concept once",
+            kind="erase-and-restore",
         )
     if name is not None:
         validate_name(name, "variant name")
@@ -217,7 +219,11 @@ def selection(
 ) -> tuple[str, ...]:
     """The concepts a command works on: a variant, an explicit --erase list, or the active set."""
     if variant and erase:
-        raise InvalidInput("give --variant or --erase, not both")
+        raise InvalidInput(
+            "both a variant and a list of increments were given",
+            hint="give one of them",
+            kind="variant-and-erase",
+        )
     if variant:
         names = list(get_variant(store, base.name, variant).active)
     elif erase:

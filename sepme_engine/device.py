@@ -21,6 +21,7 @@ def resolve_dtype(name: str, device: Any) -> str:
     if device.type == "cpu" and name != "fp32":
         raise InvalidInput(
             f"{name} weights are for GPUs; on the CPU use fp32",
-            hint="drop --dtype or pass --dtype fp32",
+            hint="use fp32",
+            kind="cpu-dtype",
         )
     return DTYPE_NAMES[name]

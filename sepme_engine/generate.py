@@ -67,7 +67,11 @@ def _select(
 ) -> tuple[str, ...]:
     if plain:
         if variant or erase:
-            raise InvalidInput("--plain ignores increments; drop --variant/--erase")
+            raise InvalidInput(
+                "a plain render uses no increment, but some were selected",
+                hint="drop the selection or the plain render",
+                kind="plain-and-selection",
+            )
         return ()
     return selection(store, info, variant=variant, erase=erase)
 
@@ -102,10 +106,12 @@ def generate(
             kind="no-prompt",
         )
     if n < 1:
-        raise InvalidInput("--n must be at least 1")
+        raise InvalidInput(f"n (images per prompt) must be at least 1, got {n}", kind="n-images")
     out = Path(out)
     if out.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
-        raise InvalidInput(f"{out} is not an image path", hint="give -o a .png file")
+        raise InvalidInput(
+            f"{out} is not an image path", hint="give a .png path", kind="image-path"
+        )
     info = get_base(store, base)
     names = _select(store, info, variant, erase, plain)
     d_steps, d_guidance = sampling_defaults(info)
@@ -219,7 +225,8 @@ def evaluate_base(
     if compare and not names:
         raise InvalidInput(
             "nothing to compare: no increment is selected, so it would be the base twice",
-            hint="erase a concept first, or pick some with --variant/--erase",
+            hint="erase a concept first, or select some",
+            kind="compare-nothing",
         )
     dev = resolve_device(device or load_config(store.root).get("device"))
     pipe = load_base(store, info.name, device=str(dev))

@@ -62,7 +62,8 @@ def concept_name(text: str) -> str:
     if not slug:
         raise InvalidInput(
             f"cannot make a name from {text!r}",
-            hint="give the concept a plain name and pass the text with --prompt",
+            hint="give the concept a plain name and the text as its prompt",
+            kind="concept-name",
         )
     return validate_name(slug, "concept name")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from sepme_cli._errors import BROKEN_PIPE_EXIT
 from sepme_cli.app import app
+from sepme_engine.store import Store
+from tests.test_cli_everyday import fake_increments
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -149,3 +153,70 @@ def test_debug_env_reraises(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SEPME_DEBUG", "1")
     res = run("base", "show", "nope")
     assert isinstance(res.exception, NotFound)
+
+
+# ----- a reader that stops early (`sepme list | head -1`) --------------------------------------
+def _sepme_into_closed_pipe(*args: str, code: str | None = None) -> subprocess.CompletedProcess:
+    """Run the CLI (its `main`) with a stdout whose reader has already gone: every write to it
+    fails with EPIPE, deterministically."""
+    r, w = os.pipe()
+    os.close(r)
+    argv = (
+        [sys.executable, "-c", code, *args] if code else [sys.executable, "-m", "sepme_cli", *args]
+    )
+    try:
+        return subprocess.run(
+            argv, stdout=w, stderr=subprocess.PIPE, text=True, cwd=ROOT, timeout=300
+        )
+    finally:
+        os.close(w)
+
+
+@pytest.mark.parametrize(
+    "argv", [["list"], ["list", "--json"], ["--help"], ["--version"], ["base", "list"]]
+)
+def test_a_closed_stdout_exits_quietly(argv: list[str], store: Store) -> None:
+    fake_increments(store, "circle", "square")
+    proc = _sepme_into_closed_pipe(*argv)
+    assert proc.stderr == ""  # no traceback, no "error (I/O EPIPE)" line
+    assert proc.returncode == BROKEN_PIPE_EXIT
+
+
+def test_a_broken_pipe_inside_a_command_exits_quietly(sepme_home: Path) -> None:
+    """A write that is not rich's (which handles its own) fails inside a command."""
+    code = (
+        "import sys\n"
+        "from sepme_cli.app import app, main\n"
+        "@app.command('pipe-test')\n"
+        "def _pipe_test() -> None:\n"
+        "    sys.stdout.write('x' * 100000)\n"
+        "    sys.stdout.flush()\n"
+        "sys.argv = ['sepme', 'pipe-test']\n"
+        "main()\n"
+    )
+    proc = _sepme_into_closed_pipe(code=code)
+    assert (proc.returncode, proc.stderr) == (BROKEN_PIPE_EXIT, "")
+
+
+def test_a_reader_of_one_line(store: Store) -> None:
+    """The everyday case: `sepme list --json | head -1` with more output than a pipe holds."""
+    fake_increments(store, *[f"c{i}" for i in range(40)])
+    sepme = subprocess.Popen(
+        [sys.executable, "-m", "sepme_cli", "list", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+    )
+    assert sepme.stdout is not None and sepme.stderr is not None
+    reader = subprocess.run(
+        [sys.executable, "-c", "import sys; print(sys.stdin.readline().strip())"],
+        stdin=sepme.stdout,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    sepme.stdout.close()  # the reader's end is the only one left open
+    stderr = sepme.stderr.read().decode()
+    sepme.stderr.close()
+    assert sepme.wait(timeout=300) in (0, BROKEN_PIPE_EXIT)  # 0 if it all fit before the close
+    assert reader.stdout == "[\n" and stderr == ""

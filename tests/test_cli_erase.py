@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -193,7 +194,8 @@ def test_closed_form_method_and_the_verdict(tiny_base: str, store: Store) -> Non
     assert o["unet_passes_data"] == 0 and o["unet_passes_training"] == 0
     assert o["verdict"] in ("erased", "weakened", "not erased")
     assert isinstance(o["correlation"], float) and o["unet_passes_verdict"] == 3 * 16
-    assert (o["verdict"] == "erased") == (o["next_step"] == "")
+    assert (o["verdict"] == "erased") == (o["advice"] == "")
+    assert o["advice"] in ("", "use-sepme") and o["repeatable"] is False  # closed form: no rounds
     shown = json.loads(run("show", "cat", "--json").stdout)
     assert shown["preserve_prompts"] == [""] and shown["stats"]["verdict"]["status"] == o["verdict"]
     # the table names the verdict and its evidence
@@ -218,9 +220,35 @@ def test_until_erased_trains_again_with_a_lower_tau(tiny_base: str, store: Store
     assert o["verdict"] == "not erased"
     assert o["rounds"] == 3  # the first training and the 2 allowed more
     assert o["stop_reason"] == "cap" and o["iterations"] == 48  # the cap doubled twice
+    # the advice is data; the CLI words it with the numbers
+    assert (o["advice"], o["suggested_steps"], o["repeatable"]) == ("raise-steps", 96, True)
     res = run("erase", "dog", *args, "--until-erased")
     assert res.exit_code == 0
-    assert "training again" in res.stderr and "not erased — next:" in res.stderr
+    assert "training again" in res.stderr
+    assert (
+        "dog: not erased — next: raise --steps (the run reached its iteration cap; e.g. --steps "
+        "96), or --until-erased" in " ".join(res.stderr.split())
+    )
+
+
+def test_the_advice_in_the_cli_words() -> None:
+    from sepme_cli.erase import advice_words
+    from sepme_engine.erase.run import ConceptOutcome
+    from sepme_engine.erase.verdict import ADVICE
+
+    o = ConceptOutcome("cat", "cat", "sepme", 12, "cap", 1.0, None, None, None, 0, 0, False, 1.0)
+    words = {
+        a: advice_words(replace(o, advice=a, suggested_steps=24, suggested_tau=-2e-4))
+        for a in ADVICE
+    }
+    assert (
+        words["raise-steps"] == "raise --steps (the run reached its iteration cap; e.g. --steps 24)"
+    )
+    assert words["use-sepme"] == "use --method sepme (closed form + G-CiRs iterations)"
+    assert words["lower-tau"] == "rerun with a lower --tau (e.g. --tau=-2.0e-04)"
+    again = replace(o, advice="lower-tau", repeatable=True)
+    assert advice_words(again) == "rerun with --until-erased, or a lower --tau"
+    assert advice_words(replace(again, advice="raise-steps")).endswith(", or --until-erased")
 
 
 def test_progress_line_fits_80_columns() -> None:
@@ -261,8 +289,9 @@ def test_the_engine_refuses_them_too(tiny_base: str, store: Store) -> None:
     from sepme_engine.erase.run import erase
     from sepme_engine.errors import InvalidInput
 
-    with pytest.raises(InvalidInput, match="--tau, --lam do not apply to --method esd-x"):
+    with pytest.raises(InvalidInput, match="^tau, lam do not apply to method esd-x$") as refused:
         erase(store, ["cat"], method="esd-x", overrides={"tau": 5.0, "lam": 1.0, "steps": None})
+    assert (refused.value.kind, refused.value.name) == ("not-for-method", "esd-x")
     with pytest.raises(InvalidInput, match="unknown method 'magic'.*"):
         erase(store, ["cat"], method="magic")
     assert not store.list_manifests("increments")

@@ -66,7 +66,7 @@ def test_export_refuses_to_write_a_pickle(tmp_path: Path, suffix: str) -> None:
 def test_export_refuses_a_suffix_that_contradicts_format(tmp_path: Path) -> None:
     out = tmp_path / "x.safetensors"
     res = run("export", str(out), "--format", "diffusers")
-    assert res.exit_code == 1 and "--format diffusers writes a folder" in res.stderr
+    assert res.exit_code == 1 and "drop --format for a single file" in res.stderr
     assert not out.exists()
     res = run("export", str(tmp_path / "folder"), "--format", "ldm")
     assert res.exit_code == 1 and ".safetensors" in res.stderr

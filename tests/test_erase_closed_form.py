@@ -202,12 +202,7 @@ def test_residual_correlation_is_one_for_no_change_and_drops_after_training(pipe
 def test_classify() -> None:
     assert classify(-0.2, (0.1, 0.2), "threshold") == ("erased", "")
     assert classify(0.3, (0.5, 0.2), "threshold")[0] == "weakened"
-    status, step = classify(0.9, (1.0, 0.1), "cap")
-    assert status == "not erased" and "--steps" in step
+    assert classify(0.9, (1.0, 0.1), "cap") == ("not erased", "raise-steps")
     assert classify(-0.01, None, "threshold")[0] == "erased"
-    status, step = classify(0.3, None, "threshold")
-    assert status == "weakened" and "--until-erased" in step
-    assert classify(0.8, None, "closed-form") == (
-        "not erased",
-        "use --method sepme (closed form + G-CiRs iterations)",
-    )
+    assert classify(0.3, None, "threshold") == ("weakened", "lower-tau")
+    assert classify(0.8, None, "closed-form") == ("not erased", "use-sepme")

@@ -75,7 +75,7 @@ def test_a_new_method_is_one_module_and_one_registry_line(
     inc = load_increment(store, get_increment(store, tiny_base, "cat"))
     assert len(inc.layer_names()) == 8  # 4 attn2 modules, to_k and to_v each
     assert all(bool((inc.delta(n) == 0.5).all()) for n in inc.layer_names())
-    with pytest.raises(InvalidInput, match="--tau does not apply to --method toy-scale"):
+    with pytest.raises(InvalidInput, match="tau does not apply to method toy-scale"):
         erase(store, ["dog"], base=tiny_base, method=toy_method, overrides={"tau": 1.0})
     (store.root / "config.toml").write_text("[erase.toy-scale]\nlr = 1.0\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="'lr' is not a setting of toy-scale"):

@@ -173,7 +173,7 @@ def test_a_failed_concept_is_reported_and_the_exit_is_non_zero(
 
     def failing(pipe, prompt, *args, **kwargs):  # type: ignore[no-untyped-def]
         if prompt == "square":
-            raise TrainingDiverged("the loss became NaN", hint="lower --lr")
+            raise TrainingDiverged("the loss became NaN", hint="lower the learning rate")
         return real(pipe, prompt, *args, **kwargs)
 
     monkeypatch.setattr(sepme_cf, "train", failing)
@@ -186,6 +186,9 @@ def test_a_failed_concept_is_reported_and_the_exit_is_non_zero(
     assert rows["square"]["status"] == "failed" and "NaN" in rows["square"]["detail"]
     assert rows["circle"]["status"] == rows["red"]["status"] == "erased"
     assert sorted(digests(sepme_home)) == ["circle", "red"]
+    # the progress line: the error's message and its next step (the CLI's, from the data)
+    said = " ".join(res.stderr.split())
+    assert "square: failed — the loss became NaN — lower the learning rate" in said
 
 
 def test_per_line_preserve_joins_that_concepts_e_k_only(tmp_path: Path, store: Store) -> None:

@@ -42,9 +42,14 @@ class ConceptOutcome:
     correlation: float | None = None  # residual correlation ρ
     judged_rate: float | None = None  # toy base: bare-prompt rate with the increment
     chance_rate: float | None = None  # toy base: blank-prompt rate, same seeds
-    next_step: str = ""
+    # what would erase it (erase/verdict.py ADVICE: "raise-steps", "use-sepme", "lower-tau"; ""
+    # when erased or not checked) and the numbers to try; an interface words it
+    advice: str = ""
+    suggested_steps: int | None = None  # raise-steps: twice this run's iteration cap
+    suggested_tau: float | None = None  # lower-tau: the τ the method's next round would use
+    repeatable: bool = False  # the method trains again until erased (`until_erased`)
     tau: float | None = None  # the τ of the kept increment (SepME)
-    rounds: int = 1  # trainings run (more than 1 with --until-erased)
+    rounds: int = 1  # trainings run (more than 1 with until_erased)
     unet_passes_verdict: int = 0
     # default preserve prompts E_k crowded the concept with, held softly instead (closed_form.py)
     held_softly: tuple[str, ...] = ()
@@ -85,7 +90,9 @@ class Event:
     which carries what the line shows), 'start', 'round' (--until-erased trains again; info:
     {"tau", "steps", "round", "rounds", "verdict"}), 'verify' (measuring the verdict) or 'done'."""
 
-    kind: str  # also 'skip' (resume: stored and matching) and 'failed' (keep_going; info: text)
+    # also 'skip' (resume: stored and matching) and 'failed' (keep_going; info: the SepmeError,
+    # whose data an interface words; the report keeps its message and hint as text)
+    kind: str
     concept: str
     done: int = 0
     total: int = 0
@@ -262,8 +269,9 @@ def erase(
     erase_settings.check_options(method, overrides or {})
     if prompt is not None and len(concepts) > 1:
         raise InvalidInput(
-            "--prompt applies to one concept; several were given",
-            hint="erase them one call each, or drop --prompt",
+            f"a prompt applies to one concept; {len(concepts)} were given",
+            hint="erase them one call each",
+            kind="prompt-several",
         )
     info = get_base(store, base)
     targets: list[tuple[str, str]] = []
@@ -304,8 +312,9 @@ def erase(
     default_preserve = list(settings.preserve) if use_default_preserve else []
     if until_erased and getattr(module, "next_round", None) is None:
         raise InvalidInput(
-            f"--until-erased trains SepME again with a lower τ; it does not apply to {method}",
-            hint="drop --until-erased, or use --method sepme",
+            f"erasing until erased trains SepME again with a lower τ; it does not apply to {method}",
+            hint="erase once, or use the sepme method",
+            kind="until-erased",
         )
     extra_preserve = dict(preserve_for or {})
     e_ks: dict[str, list[str]] = {}
@@ -401,7 +410,7 @@ def erase(
                 raise
             text = exc.message + (f" — {exc.hint}" if exc.hint else "")
             failed.append((name, text))
-            emit(Event("failed", name, info=text))
+            emit(Event("failed", name, info=exc))
             continue
         outcomes.append(outcome)
         emit(Event("done", name, info=outcome))
@@ -525,6 +534,14 @@ def _one(
         activate=apply,
         expect=view,
     )
+    advice = checked.advice if checked is not None else ""
+    next_round = getattr(module, "next_round", None)
+    steps_field = erase_settings.field_of(module, "steps")
+    suggested_steps = suggested_tau = None
+    if advice == "raise-steps" and hasattr(run_cfg, steps_field):
+        suggested_steps = 2 * int(getattr(run_cfg, steps_field))  # what next_round would run
+    if advice == "lower-tau" and next_round is not None:
+        suggested_tau = getattr(next_round(run_cfg, trained), "tau", None)
     outcome = ConceptOutcome(
         concept=name,
         prompt=p,
@@ -543,7 +560,10 @@ def _one(
         correlation=checked.correlation if checked else None,
         judged_rate=checked.judged_rate if checked else None,
         chance_rate=checked.chance_rate if checked else None,
-        next_step=checked.next_step if checked else "",
+        advice=advice,
+        suggested_steps=suggested_steps,
+        suggested_tau=suggested_tau,
+        repeatable=next_round is not None,
         tau=getattr(run_cfg, "tau", None),  # a method that stops on a threshold
         rounds=rounds,
         unet_passes_verdict=verdict_passes,

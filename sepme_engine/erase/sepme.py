@@ -48,14 +48,13 @@ from sepme_engine.erase.closed_form import (
 from sepme_engine.erase.common import MethodResult, NoisedDraw, frozen_unet, provenance
 from sepme_engine.erase.nullspace import DEFAULT_RTOL, null_space
 from sepme_engine.errors import InvalidInput, TrainingDiverged
+from sepme_engine.models.arch import DTYPES, torch_dtype
 from sepme_engine.models.text import check_prompt, encode_prompts
 
 NAME = "sepme"
 StopReason = Literal["threshold", "cap", "interrupted", "closed-form"]
 Init = Literal["zero", "closed-form"]
 INITS: tuple[str, ...] = ("closed-form", "zero")
-
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -105,12 +104,15 @@ class SepMEConfig:
             raise InvalidInput("n_images and image_steps must be >= 1")
         if not self.rtol > 0:
             raise InvalidInput(f"rtol must be > 0, got {self.rtol}")
-        if self.dtype not in _DTYPES:
-            raise InvalidInput(f"dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}")
+        if self.dtype not in DTYPES.values():  # the long names ("float32"): torch's
+            raise InvalidInput(
+                f"dtype must be one of {sorted(DTYPES.values())}, got {self.dtype!r}"
+            )
         if self.init not in INITS:
             raise InvalidInput(
                 f"init must be one of {', '.join(INITS)}, got {self.init!r}",
-                hint="--init closed-form (default) or --init zero (the paper's)",
+                hint="closed-form (default) or zero (the paper's)",
+                kind="init",
             )
         if not self.cf_ridge > 0:
             raise InvalidInput(f"cf_ridge must be > 0, got {self.cf_ridge}")
@@ -233,7 +235,7 @@ def train_sepme(
     """
     start = time.perf_counter()
     device, unet = _checked_pipe(pipe, prompt, device)
-    if unet.dtype != _DTYPES[config.dtype]:
+    if unet.dtype != torch_dtype(config.dtype):
         raise InvalidInput(f"the UNet runs in {unet.dtype}, the config says {config.dtype}")
     if latents.dim() != 4 or latents.shape[0] < 1:
         raise InvalidInput(f"training latents must be [N, C, h, w], got {tuple(latents.shape)}")
@@ -282,7 +284,7 @@ def train_sepme(
     # batched: the increment reaches only the last bsz items (the tuned c pass)
     item_mask = torch.cat([torch.zeros(2 * bsz), torch.ones(bsz)]).to(device)
     use_autocast = device.type == "cuda" and config.autocast != "none"
-    autocast_dtype = _DTYPES[config.autocast] if use_autocast else torch.float32
+    autocast_dtype = torch_dtype(config.autocast) if use_autocast else torch.float32
 
     def meta(iterations: int, reason: str, lcor: float, cfg: SepMEConfig) -> dict[str, str]:
         return {

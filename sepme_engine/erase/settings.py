@@ -78,13 +78,14 @@ def check_options(method: str, options: Mapping[str, Any]) -> None:
     known = words(module)
     given = [k for k, v in options.items() if v is not None]
     bad = [k for k in given if k not in known]
-    if bad:
-        takes = [f"--{k.replace('_', '-')}" for k in options if k in known]
-        flags = ", ".join(f"--{k.replace('_', '-')}" for k in bad)
+    if bad:  # the words (`tau`): an interface names its own options (the CLI: `--tau`)
+        takes = [k for k in options if k in known]
         raise InvalidInput(
-            f"{flags} {'does' if len(bad) == 1 else 'do'} not apply to --method {method}",
-            hint=f"{method} takes {', '.join(takes) or 'none of these options'}; "
-            "drop the option or choose another method",
+            f"{', '.join(bad)} {'does' if len(bad) == 1 else 'do'} not apply to method {method}",
+            hint=f"{method} takes {', '.join(takes) or 'none of these settings'}; "
+            "drop the setting or choose another method",
+            kind="not-for-method",
+            name=method,
         )
 
 

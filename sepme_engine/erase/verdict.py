@@ -15,6 +15,10 @@ Two measurements:
   is at most the blank prompt's on the same seeds. n guided images, plus n unguided blank-prompt
   images once per pipeline (their labels are reused).
 
+Advice (what would erase it, as data; an interface words it): "" when erased, "raise-steps" when
+the run reached its iteration cap, "use-sepme" after a closed-form method (no iterations to add),
+else "lower-tau" (SepME stopped on its threshold τ too early).
+
 Status: toy — *erased* when the judged rate ≤ chance, *weakened* when ρ < 0.5 or the rate is
 less than halfway from chance to 1, else *not erased*. Other bases — *erased* when ρ ≤ `rho_erased`
 (0: decorrelated, the paper's target), *weakened* when ρ < 0.5, else *not erased*.
@@ -35,6 +39,8 @@ from sepme_engine.erase.common import NoisedDraw
 from sepme_engine.models.text import encode_prompts
 
 Status = Literal["erased", "weakened", "not erased"]
+Advice = Literal["", "raise-steps", "use-sepme", "lower-tau"]
+ADVICE: tuple[Advice, ...] = ("raise-steps", "use-sepme", "lower-tau")
 RHO_ERASED = 0.0
 RHO_WEAKENED = 0.5
 
@@ -47,7 +53,7 @@ class Verdict:
     chance_rate: float | None = None  # toy: its rate on the blank prompt, same seeds
     samples: int = 0  # toy: images per prompt
     unet_passes: int = 0
-    next_step: str = ""
+    advice: Advice = ""  # what would erase it (module docstring); "" when erased
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -133,8 +139,8 @@ def classify(
     judged: tuple[float, float] | None,
     stop_reason: str,
     rho_erased: float = RHO_ERASED,
-) -> tuple[Status, str]:
-    """(status, next step) from ρ and, on the toy base, (rate, chance)."""
+) -> tuple[Status, Advice]:
+    """(status, advice) from ρ and, on the toy base, (rate, chance), and the run's stop reason."""
     status: Status
     if judged is not None:
         rate, chance = judged
@@ -153,10 +159,10 @@ def classify(
     if status == "erased":
         return status, ""
     if stop_reason == "cap":
-        return status, "raise --steps (the run reached its iteration cap), or --until-erased"
+        return status, "raise-steps"
     if stop_reason == "closed-form":
-        return status, "use --method sepme (closed form + G-CiRs iterations)"
-    return status, "rerun with --until-erased, or a lower --tau"
+        return status, "use-sepme"
+    return status, "lower-tau"
 
 
 def verdict(
@@ -181,7 +187,7 @@ def verdict(
         rate, chance, p2 = toy_judged_rates(pipe, increment, prompt, toy_concept, toy_samples)
         judged = (rate, chance)
         passes += p2
-    status, step = classify(rho if rho == rho else 1.0, judged, stop_reason)
+    status, advice = classify(rho if rho == rho else 1.0, judged, stop_reason)
     return Verdict(
         status,
         rho,
@@ -189,5 +195,5 @@ def verdict(
         judged[1] if judged else None,
         toy_samples if judged else 0,
         passes + sum(extra_passes),
-        step,
+        advice,
     )

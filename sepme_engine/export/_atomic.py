@@ -37,7 +37,9 @@ def check_destination(dest: Path, *, force: bool, want_dir: bool) -> None:
     if not force:
         raise AlreadyExists(
             f"{dest} already exists",
-            hint="choose another output path or pass --force to replace it",
+            hint="choose another output path",
+            kind="output",
+            path=str(dest),
         )
     if want_dir and not dest.is_dir():
         raise InvalidInput(

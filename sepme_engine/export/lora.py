@@ -183,7 +183,9 @@ def export_lora(
     if not increments:
         raise InvalidInput("no increment to export", hint="name at least one increment")
     if rank is not None and rank < 1:
-        raise InvalidInput(f"rank must be at least 1, got {rank}", hint="pass --rank 4 or more")
+        raise InvalidInput(
+            f"rank must be at least 1, got {rank}", hint="use a rank of 4 or more", kind="rank"
+        )
     names = list(increments)
     incs = [increments[n] for n in names]
     layers = sorted({layer for inc in incs for layer in inc.layer_names()})
@@ -226,7 +228,8 @@ def export_lora(
     except ValueError as exc:
         raise InvalidInput(
             f"cannot name these layers the kohya SDXL way: {exc}",
-            hint="export the composition with --format ldm or diffusers instead",
+            hint="export the composition as an ldm or diffusers checkpoint instead",
+            kind="lora-sdxl-names",
         ) from exc
     entries: list[TensorEntry] = []
     for layer in sorted(ups):

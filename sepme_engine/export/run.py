@@ -42,8 +42,10 @@ def guess_format(out: Path, fmt: str | None) -> str:
         )
     if fmt == "diffusers" and suffix == ".safetensors":
         raise InvalidInput(
-            f"--format diffusers writes a folder, but {out.name} names a .safetensors file",
-            hint=f"drop --format for a single file, or give a folder ({out.with_suffix('').name})",
+            f"the diffusers format writes a folder, but {out.name} names a .safetensors file",
+            hint=f"give a folder ({out.with_suffix('').name})",
+            kind="diffusers-file",
+            path=str(out.with_suffix("")),
         )
     if fmt is not None:
         return fmt
@@ -69,9 +71,15 @@ def export(
     if dtype not in DTYPES:
         raise InvalidInput(f"unknown dtype {dtype!r}", hint="use fp16, bf16 or fp32")
     if rank is not None and fmt != "lora":
-        raise InvalidInput("--rank applies to --format lora only")
+        raise InvalidInput(
+            f"a rank applies to LoRA exports only, not to {fmt}",
+            hint="drop the rank, or export a LoRA",
+            kind="rank-not-lora",
+        )
     if rank is not None and rank < 1:
-        raise InvalidInput("--rank must be at least 1")
+        raise InvalidInput(
+            f"rank must be at least 1, got {rank}", hint="use a rank of 4 or more", kind="rank"
+        )
     if fmt in ("ldm", "lora") and out.suffix.lower() != ".safetensors":
         raise InvalidInput(
             f"{fmt} exports are single .safetensors files; {out} is not",
@@ -79,7 +87,7 @@ def export(
         )
     if (out.exists() or out.is_symlink()) and not force:
         raise AlreadyExists(
-            f"{out} already exists", hint="choose another output path or pass --force to replace it"
+            f"{out} already exists", hint="choose another output path", kind="output", path=str(out)
         )
     if not out.parent.is_dir():
         raise InvalidInput(f"the folder {out.parent} does not exist", hint="create it first")
@@ -114,7 +122,8 @@ def export(
         if not names:
             raise InvalidInput(
                 "nothing to export as a LoRA: no increment is selected",
-                hint="erase a concept first, or pass --erase NAME",
+                hint="erase a concept first, or select one",
+                kind="lora-nothing-selected",
             )
         incs = {i.concept: load_increment(store, i, info) for i in increments}
         return export_lora(

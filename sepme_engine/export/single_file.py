@@ -82,7 +82,8 @@ def ldm_entries(
     except ValueError as exc:
         raise UnsupportedModel(
             f"cannot map this pipeline to the LDM single-file layout: {exc}",
-            hint="export it with --format diffusers instead",
+            hint="export it as a diffusers folder instead",
+            kind="single-file-layout",
         ) from exc
     used = {(e.component, k) for e in plan for k in e.diffusers_keys}
     lost = [k for k in unet_deltas if ("unet", k) not in used]

@@ -248,18 +248,20 @@ def resolve_device(device: Any) -> torch.device:
         if not torch.cuda.is_available():
             raise DeviceUnavailable(
                 "CUDA is not available on this machine",
-                hint="use --device cpu (or auto), or install a CUDA build of torch",
+                hint="use the CPU, or install a CUDA build of torch",
+                kind="cuda",
             )
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise DeviceUnavailable(
                 f"no CUDA device {dev.index} (this machine has {torch.cuda.device_count()})",
-                hint="pick an existing index, or use --device cuda",
+                hint="pick an existing index, or the default CUDA device",
+                kind="cuda-index",
             )
     elif dev.type == "mps":
         mps = getattr(torch.backends, "mps", None)
         if mps is None or not mps.is_available():
             raise DeviceUnavailable(
-                "Apple MPS is not available on this machine", hint="use --device cpu (or auto)"
+                "Apple MPS is not available on this machine", hint="use the CPU", kind="mps"
             )
     elif dev.type != "cpu":
         raise DeviceUnavailable(

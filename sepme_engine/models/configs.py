@@ -85,7 +85,9 @@ def validate_configs(configs: Any) -> dict[str, Any]:
     if missing:
         raise CorruptEntry(
             f"embedded configs lack {', '.join(missing)}",
-            hint="re-export the file with sepme, or pass --prediction-type/--arch to use the shipped configs",
+            hint=f"re-export the file with sepme, or remove its {CONFIGS_METADATA_KEY!r} metadata "
+            "to load it with the shipped configs",
+            kind="embedded-configs",
         )
     for name in ("tokenizer", "tokenizer_2") if is_xl(configs) else ("tokenizer",):
         if "clip" not in configs[name] and "files" not in configs[name]:

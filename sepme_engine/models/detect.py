@@ -444,7 +444,8 @@ def _weights_format(folder: Path, allow_pickle: bool, check_weights: bool) -> li
             if not allow_pickle:
                 raise PickleRefused(
                     f"{folder.name}/{comp} has only pickle weights ({pk[0].name}); pickle files can run code when loaded",
-                    hint="pass --allow-pickle to load them with torch.load(weights_only=True), or convert to safetensors",
+                    hint="convert them to .safetensors",
+                    kind="pickle",
                 )
             notes.append(f"{comp}: pickle weights loaded with weights_only=True")
             continue
@@ -672,7 +673,8 @@ def inspect_source(
             if not allow_pickle:
                 raise PickleRefused(
                     f"{path.name} is a pickle checkpoint; unpickling can run arbitrary code",
-                    hint="convert it to .safetensors, or pass --allow-pickle to load it with torch.load(weights_only=True)",
+                    hint="convert it to .safetensors",
+                    kind="pickle",
                 )
             sd = load_pickle_state_dict(path)
             shapes = {k: tuple(int(s) for s in v.shape) for k, v in sd.items()}

@@ -217,8 +217,9 @@ def check_vocabulary(pipe: Any, prompt: str, *, force: bool = False) -> None:
     raise InvalidInput(
         f"the base's tokenizer does not know {', '.join(repr(w) for w, _ in unknown)} in "
         f"{prompt!r}: it spells them out ({shown}), so there is no concept to erase",
-        hint="use words the base knows (the toy base knows its 13 concepts), or pass --force "
-        "to train anyway",
+        hint="use words the base knows (the toy base knows its 13 concepts), or force the "
+        "training anyway",
+        kind="unknown-words",
     )
 
 
