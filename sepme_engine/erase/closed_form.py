@@ -124,6 +124,12 @@ def neighbours(prompt: str, candidates: Sequence[str], contexts: Sequence[str]) 
     ]
 
 
+def _rows64(basis: torch.Tensor, *embs: torch.Tensor) -> list[torch.Tensor]:
+    """`[basis, *embs]` as float64 CPU tensors, each embedding flattened to `[rows, d]`."""
+    s = basis.detach().to("cpu", torch.float64)
+    return [s, *(e.detach().reshape(-1, s.shape[1]).to("cpu", torch.float64) for e in embs)]
+
+
 def closed_form_factor(
     basis: torch.Tensor,
     emb_concept: torch.Tensor,
@@ -136,16 +142,14 @@ def closed_form_factor(
     """G `[d, m]` float64 with D_ℓ = W_ℓ G for every layer (module docstring). `basis` `[m, d]`
     orthonormal rows; embeddings `[rows, d]` (or `[n, L, d]`), concept and anchor row for row;
     `emb_hold` the hold rows, weighted `hold`; `push` η."""
-    s = basis.detach().to("cpu", torch.float64)
-    x = emb_concept.detach().reshape(-1, s.shape[1]).to("cpu", torch.float64)
-    a = emb_anchor.detach().reshape(-1, s.shape[1]).to("cpu", torch.float64)
+    s, x, a = _rows64(basis, emb_concept, emb_anchor)
     if x.shape != a.shape:
         raise ValueError(f"concept and anchor embeddings differ in shape: {x.shape} vs {a.shape}")
     y = x @ s.T  # [rows, m]
     m = s.shape[0]
     gram = y.T @ y + ridge * torch.eye(m, dtype=torch.float64)
     if emb_hold is not None and hold > 0:
-        yh = emb_hold.detach().reshape(-1, s.shape[1]).to("cpu", torch.float64) @ s.T
+        yh = _rows64(basis, emb_hold)[1] @ s.T
         gram = gram + hold * (yh.T @ yh)
     # G = (1 + η) (A − X)ᵀ Y gram⁻¹; gram is symmetric positive definite (ridge > 0)
     g = torch.linalg.solve(gram, ((a - x).T @ y).T).T
@@ -165,9 +169,7 @@ def closed_form_coefs(
     """`({layer: D_ℓ = W_ℓ G float32 CPU [d_out, m]}, the key/value gap to the anchor before/
     after)` for the given `(name, Linear)` layers; D already includes β (divide by β for C)."""
     g = closed_form_factor(basis, emb_concept, emb_anchor, ridge, push, emb_hold, hold)
-    s = basis.detach().to("cpu", torch.float64)
-    x = emb_concept.detach().reshape(-1, s.shape[1]).to("cpu", torch.float64)
-    a = emb_anchor.detach().reshape(-1, s.shape[1]).to("cpu", torch.float64)
+    s, x, a = _rows64(basis, emb_concept, emb_anchor)
     coefs: dict[str, torch.Tensor] = {}
     before = after = 0.0
     for name, module in layers:

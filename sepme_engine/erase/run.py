@@ -99,9 +99,6 @@ class Event:
     info: Any = None
 
 
-_mentions = mentions
-
-
 def build_e_k(
     prompt: str,
     others: Sequence[str] = (),
@@ -116,7 +113,7 @@ def build_e_k(
     mentions or one that mentions the concept (erasing "a red circle" on the toy base keeps neither
     "red" nor "circle" in E_k; erasing "cat" drops a default "a cat"). Sorted and unique, so the
     increment does not depend on the order things were named in."""
-    kept = [q for q in default_preserve if not (_mentions(prompt, q) or _mentions(q, prompt))]
+    kept = [q for q in default_preserve if not (mentions(prompt, q) or mentions(q, prompt))]
     rest = {q for q in [*others, *earlier, *preserve, *kept] if q.strip() and q != prompt}
     return sorted(rest)
 
