@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import os
+import sys
 import threading
 import time
 import weakref
@@ -307,3 +308,85 @@ def test_atomic_dir_replaces_only_on_success(tmp_path: Path) -> None:
         (tmp / "two.txt").write_text("2")
     assert _leftovers(dest) == ["two.txt"]
     assert _leftovers(tmp_path) == ["pipe"]
+
+
+def _fake_fallocate(calls: list[tuple[int, int, int]], err: int) -> Any:
+    import ctypes
+
+    def fake(fd: int, mode: int, offset: int, size: int) -> int:
+        calls.append((mode, offset, size))
+        if err:
+            ctypes.set_errno(err)
+            return -1
+        return 0
+
+    return fake
+
+
+def test_the_file_is_reserved_at_its_exact_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sepme_engine.export import safetensors_writer as sw
+
+    calls: list[tuple[int, int, int]] = []
+    monkeypatch.setattr(sw, "_FALLOCATE", _fake_fallocate(calls, 0))
+    out = tmp_path / "r.safetensors"
+    n = write_safetensors(out, _entries(_tensors()), {"k": "v"})
+    assert calls == [(sw._FALLOC_FL_KEEP_SIZE, 0, n)] and n == out.stat().st_size
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fallocate is Linux's")
+def test_the_real_reservation_leaves_the_bytes_unchanged(tmp_path: Path) -> None:
+    from sepme_engine.export import safetensors_writer as sw
+
+    plain = io.BytesIO()
+    write_entries(plain, _entries(_tensors()), {"k": "v"})
+    out = tmp_path / "real.safetensors"
+    with open(out, "xb") as f:
+        reserved = sw.preallocate(f, len(plain.getvalue()) + 4096)  # more than is written
+        n = write_entries(f, _entries(_tensors()), {"k": "v"})
+    # KEEP_SIZE: the file is as long as what was written, never padded with the reserve
+    assert out.read_bytes() == plain.getvalue() and n == out.stat().st_size
+    assert isinstance(reserved, bool)
+
+
+def test_a_full_disk_fails_before_any_byte_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    from sepme_engine.export import safetensors_writer as sw
+
+    made: list[str] = []
+
+    def tracked(name: str, t: torch.Tensor) -> Any:
+        def make() -> torch.Tensor:
+            made.append(name)
+            return t
+
+        return make
+
+    calls: list[tuple[int, int, int]] = []
+    monkeypatch.setattr(sw, "_FALLOCATE", _fake_fallocate(calls, errno.ENOSPC))
+    entries = [
+        TensorEntry(k, v.dtype, tuple(v.shape), tracked(k, v)) for k, v in _tensors().items()
+    ]
+    with pytest.raises(OSError) as info:
+        write_safetensors(tmp_path / "full.safetensors", entries)
+    assert info.value.errno == errno.ENOSPC and len(calls) == 1
+    assert made == [] and _leftovers(tmp_path) == []
+
+
+def test_a_filesystem_without_fallocate_is_written_as_before(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    from sepme_engine.export import safetensors_writer as sw
+
+    calls: list[tuple[int, int, int]] = []
+    monkeypatch.setattr(sw, "_FALLOCATE", _fake_fallocate(calls, errno.EOPNOTSUPP))
+    out = tmp_path / "nfs.safetensors"
+    write_safetensors(out, _entries(_tensors()))
+    back = load_file(str(out))
+    assert len(calls) == 1 and all(torch.equal(back[k], v) for k, v in _tensors().items())

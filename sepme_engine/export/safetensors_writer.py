@@ -17,6 +17,8 @@ header would lie).
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import hashlib
 import json
 import math
@@ -234,6 +236,48 @@ class _Pipeline:
         self._stop()
 
 
+_FALLOC_FL_KEEP_SIZE = 0x01
+
+
+def _linux_fallocate() -> Callable[[int, int, int, int], int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).fallocate
+    except (OSError, AttributeError):  # pragma: no cover - a libc without fallocate
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
+    fn.restype = ctypes.c_int
+    return fn  # type: ignore[no-any-return]
+
+
+def preallocate(f: BinaryIO, size: int) -> bool:
+    """Reserve `size` bytes of disk blocks for the open file `f` before writing it (Linux
+    `fallocate` with FALLOC_FL_KEEP_SIZE: the file's size still grows only as it is written, so a
+    short write leaves no zeros behind). On ext4, writing a 2 GiB file into reserved blocks took
+    0.84 s against 0.97 s (benchmarks/results/export.md); a full disk fails here, before any byte
+    is written (OSError ENOSPC). Best effort otherwise: where the OS or the filesystem does not do
+    it (not Linux; EOPNOTSUPP on some network filesystems) nothing happens and False is returned.
+    glibc's `posix_fallocate` is not used: where the filesystem cannot reserve blocks it writes
+    one byte per block instead, which would cost more than it saves."""
+    fn = _FALLOCATE
+    if fn is None or size <= 0:
+        return False
+    try:
+        fd = f.fileno()
+    except (AttributeError, OSError, ValueError):  # not a real file (a test's BytesIO)
+        return False
+    if fn(fd, _FALLOC_FL_KEEP_SIZE, 0, size) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+        raise OSError(err, os.strerror(err), getattr(f, "name", None))
+    return False
+
+
+_FALLOCATE = _linux_fallocate()
+
+
 def _check_produced(e: TensorEntry, t: torch.Tensor) -> None:
     ok_dtype = t.dtype == e.dtype or (t.is_floating_point() and e.dtype.is_floating_point)
     if not ok_dtype or tuple(t.shape) != tuple(e.shape):
@@ -248,18 +292,23 @@ def write_entries(
     metadata: Mapping[str, str] | None,
     progress: Callable[[int, int], None] | None = None,
     hash_key: str | None = None,
+    *,
+    reserve: bool = False,
 ) -> int:
     """Write the whole safetensors stream to an open binary file; return the bytes written.
 
     With `hash_key`, the metadata value under that key is set to "0x" + the SHA-256 of all
     tensor bytes (the header excluded), patched into the header after the data is written
-    (`f` must then be seekable).
+    (`f` must then be seekable). With `reserve`, the file's blocks are reserved first
+    (`preallocate`; `f` must be a new, empty file).
     """
     meta = dict(metadata or {})
     placeholder = "0x" + uuid.uuid4().hex * 2  # 66 chars, as long as the final value
     if hash_key is not None:
         meta[hash_key] = placeholder
     head = build_header(entries, meta)
+    if reserve:
+        preallocate(f, len(head) + sum(e.nbytes for e in entries))
     f.write(head)
     written = len(head)
     hasher = hashlib.sha256() if hash_key is not None else None
@@ -326,7 +375,7 @@ def write_safetensors(
     """
     with atomic_file(Path(path), force=force) as tmp:
         with open(tmp, "xb", buffering=1024 * 1024) as f:
-            n = write_entries(f, entries, metadata, progress, hash_key)
+            n = write_entries(f, entries, metadata, progress, hash_key, reserve=True)
             f.flush()
             os.fsync(f.fileno())
     return n
