@@ -434,11 +434,14 @@ def _erase_list(
         )
     if rank == 0:
         if json_out:
-            print_json(report.to_dict())
+            data = report.to_dict()
+            for row, r in zip(data["rows"], report.rows, strict=True):
+                row["next_step"] = next_step(r.error) if r.error is not None else None
+            print_json(data)
         else:
             rows = [
                 (r.concept, r.status, r.verdict or "–", r.iterations or "–", f"{r.wall_s:.1f}s",
-                 r.rank, r.detail)
+                 r.rank, _row_detail(r))
                 for r in report.rows
             ]  # fmt: skip
             out.print(
@@ -454,6 +457,12 @@ def _erase_list(
             err.print(", ".join(f"{n} {s}" for s, n in counts.items()))
     if report.failed:
         raise typer.Exit(1)
+
+
+def _row_detail(row: Any) -> str:
+    """A list row's detail: a failed row's message and the CLI's next step for its error."""
+    step = next_step(row.error) if row.error is not None else None
+    return row.detail + (f" — {step}" if step else "")
 
 
 def _with_list_lines(on_event: Any, rank: int, world: int) -> Any:

@@ -41,6 +41,18 @@ class SepmeError(Exception):
     def __str__(self) -> str:
         return self.message
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # pickled with its data (a launcher's processes send failed rows to rank 0), not only
+        # the message Exception keeps in `args`
+        data = {
+            "kind": self.kind,
+            "name": self.name,
+            "base": self.base,
+            "path": self.path,
+            "candidates": self.candidates,
+        }
+        return (_rebuild, (type(self), self.message, self.hint, data))
+
     def to_dict(self) -> dict[str, Any]:
         """The error as JSON-safe data: its class, message, hint and data fields."""
         return {
@@ -53,6 +65,12 @@ class SepmeError(Exception):
             "path": self.path,
             "candidates": list(self.candidates),
         }
+
+
+def _rebuild(
+    cls: type[SepmeError], message: str, hint: str | None, data: dict[str, Any]
+) -> SepmeError:
+    return cls(message, hint, **data)
 
 
 class NotFound(SepmeError):

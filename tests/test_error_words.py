@@ -13,6 +13,7 @@ import typer.main
 from typer.testing import CliRunner
 
 import sepme_engine
+from sepme_cli._errors import next_step
 from sepme_cli.app import app
 from sepme_engine import errors as E
 from sepme_engine.store import Store
@@ -189,3 +190,17 @@ def test_a_failed_concept_of_a_list_names_the_option(capsys: pytest.CaptureFixtu
     said = " ".join(capsys.readouterr().err.split())
     assert said.startswith("cat: failed — no such words — use words the base knows")
     assert said.endswith("or pass --force to train anyway")
+
+
+def test_an_error_keeps_its_data_through_pickle() -> None:
+    """A launcher's processes send failed rows (with their error) to rank 0 by pickle."""
+    import pickle
+
+    from sepme_engine.erase.batch import ListRow
+    from sepme_engine.errors import NotFound
+
+    exc = NotFound("no base 'sd51'", "pick one", kind="base", name="sd51", candidates=["sd15"])
+    row = pickle.loads(pickle.dumps(ListRow("cat", "failed", "", exc.message, error=exc)))
+    back = row.error
+    assert type(back) is NotFound and back.to_dict() == exc.to_dict()
+    assert next_step(back) == next_step(exc) and "sd15" in (next_step(back) or "")

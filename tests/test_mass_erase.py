@@ -184,6 +184,10 @@ def test_a_failed_concept_is_reported_and_the_exit_is_non_zero(
     assert res.exit_code == 1, res.output
     rows = {r["concept"]: r for r in json.loads(res.stdout)["rows"]}
     assert rows["square"]["status"] == "failed" and "NaN" in rows["square"]["detail"]
+    # the error as data, and the CLI's words for it beside it (not the engine's text)
+    assert rows["square"]["error"]["error"] == "TrainingDiverged"
+    assert rows["square"]["next_step"] == "lower the learning rate"
+    assert rows["circle"]["error"] is None and rows["circle"]["next_step"] is None
     assert rows["circle"]["status"] == rows["red"]["status"] == "erased"
     assert sorted(digests(sepme_home)) == ["circle", "red"]
     # the progress line: the error's message and its next step (the CLI's, from the data)

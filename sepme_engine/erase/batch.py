@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sepme_engine.errors import InvalidInput, NotFound
+from sepme_engine.errors import InvalidInput, NotFound, SepmeError
 from sepme_engine.store import Store
 
 
@@ -41,9 +41,12 @@ class ListRow:
     iterations: int = 0
     wall_s: float = 0.0
     rank: int = 0
+    error: SepmeError | None = None  # a failed row's error: its data, for an interface to word
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        out = {k: v for k, v in self.__dict__.items() if k != "error"}
+        out["error"] = None if self.error is None else self.error.to_dict()
+        return out
 
 
 @dataclass(frozen=True)
@@ -169,7 +172,6 @@ def erase_list(
     base = get_base(store, kwargs.pop("base", None)).name
     mine = share(entries, rank, world)
     rows: list[ListRow] = []
-    from sepme_engine.errors import SepmeError
     from sepme_engine.increments import concept_name
 
     if mine:
@@ -188,8 +190,10 @@ def erase_list(
             if gather is None:
                 raise
             # under a launcher the other ranks wait at the gather: report, do not vanish
-            text = exc.message + (f" — {exc.hint}" if exc.hint else "")
-            rows = [ListRow(concept_name(e.concept), "failed", "", text, rank=rank) for e in mine]
+            rows = [
+                ListRow(concept_name(e.concept), "failed", "", exc.message, rank=rank, error=exc)
+                for e in mine
+            ]
             return ListReport(base, world, tuple(gather(rows)))
         rows += [
             ListRow(o.concept, "erased", o.verdict, "", o.iterations, o.wall_s, rank)
@@ -199,7 +203,9 @@ def erase_list(
             ListRow(c, "skipped", "", "stored earlier, same request", rank=rank)
             for c in report.skipped
         ]
-        rows += [ListRow(c, "failed", "", text, rank=rank) for c, text in report.failed]
+        rows += [
+            ListRow(c, "failed", "", exc.message, rank=rank, error=exc) for c, exc in report.failed
+        ]
     if gather is not None:
         rows = gather(rows)
     order = {concept_name(e.concept): i for i, e in enumerate(entries)}

@@ -68,8 +68,8 @@ class EraseReport:
     active: tuple[str, ...] = field(default_factory=tuple)
     # resume=True: concepts whose stored increment matched this request and were not retrained
     skipped: tuple[str, ...] = ()
-    # keep_going=True: (concept, one-line error) of the concepts whose training or saving failed
-    failed: tuple[tuple[str, str], ...] = ()
+    # keep_going=True: (concept, the error) of the concepts whose training or saving failed
+    failed: tuple[tuple[str, SepmeError], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -80,7 +80,7 @@ class EraseReport:
             "active": list(self.active),
             "outcomes": [o.to_dict() for o in self.outcomes],
             "skipped": list(self.skipped),
-            "failed": [{"concept": c, "error": e} for c, e in self.failed],
+            "failed": [{"concept": c, **e.to_dict()} for c, e in self.failed],
         }
 
 
@@ -91,7 +91,7 @@ class Event:
     {"tau", "steps", "round", "rounds", "verdict"}), 'verify' (measuring the verdict) or 'done'."""
 
     # also 'skip' (resume: stored and matching) and 'failed' (keep_going; info: the SepmeError,
-    # whose data an interface words; the report keeps its message and hint as text)
+    # whose data an interface words; the report keeps it too)
     kind: str
     concept: str
     done: int = 0
@@ -359,7 +359,7 @@ def erase(
                 if not set(skipped) <= now:
                     set_active(store, info.name, sorted(now | set(skipped)))
         targets = [(n, p) for n, p in targets if n not in skipped]
-    failed: list[tuple[str, str]] = []
+    failed: list[tuple[str, SepmeError]] = []
     outcomes: list[ConceptOutcome] = []
     if not targets:
         from sepme_engine.increments import active_set
@@ -405,8 +405,7 @@ def erase(
         except SepmeError as exc:
             if not keep_going:
                 raise
-            text = exc.message + (f" — {exc.hint}" if exc.hint else "")
-            failed.append((name, text))
+            failed.append((name, exc))
             emit(Event("failed", name, info=exc))
             continue
         outcomes.append(outcome)
