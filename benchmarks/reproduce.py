@@ -30,7 +30,7 @@ from typing import Any
 RESULTS = Path(__file__).parent / "results"
 
 # settings that did not exist when a record was made, at the values that reproduce it
-_ADDED_SINCE = {
+ADDED_SINCE = {
     "init": "zero",
     "anchor": "",
     "contexts": [],
@@ -38,7 +38,8 @@ _ADDED_SINCE = {
     "cf_hold": 0.0,
 }
 _FLOAT_KEYS = {"final_lcor"}  # a float32 loss: compared with a relative tolerance
-_SKIP_KEYS = {"wall_s", "wall", "seconds", "eval_s", "load_average_at_start", "threads"}
+# timings (any key naming wall time or ending in _s) and machine state are not figures
+_SKIP_KEYS = {"seconds", "load_average_at_start", "threads"}
 
 
 def _leaves(x: Any, prefix: str = "") -> dict[str, Any]:
@@ -112,7 +113,7 @@ def run_erase_bar(out: Path, rerun: bool = True, concept: str = "circle") -> dic
     rec = json.loads((RESULTS / "erase_bar.json").read_text())
     recorded_settings = rec["settings"]["sepme"]
     saved = dict(ERASE_DEFAULTS["toy"])
-    ERASE_DEFAULTS["toy"].update({**_ADDED_SINCE, **recorded_settings})
+    ERASE_DEFAULTS["toy"].update({**ADDED_SINCE, **recorded_settings})
     t = time.perf_counter()
     argv = ["--concepts", concept, "--no-low-tau", "--stem", "erase_bar", "--out", str(out)]
     argv += ["--seed", str(rec["settings"]["seed"]), "--n", str(rec["settings"]["n_per_prompt"])]
@@ -136,7 +137,7 @@ def run_erase_bar(out: Path, rerun: bool = True, concept: str = "circle") -> dic
     return {
         "name": "erase_bar",
         "command": "python -m benchmarks.erase_bar " + " ".join(argv),
-        "settings": {**_ADDED_SINCE, **recorded_settings},
+        "settings": {**ADDED_SINCE, **recorded_settings},
         "compared": n,
         "differ": diffs,
         "wall_s": round(time.perf_counter() - t, 1),

@@ -7,14 +7,24 @@ the code path.
     .venv/bin/python benchmarks/train_circle_at.py . 1
 
 Arguments: the checkout's root, torch threads. Settings added since the record take the values
-that reproduce it (benchmarks/reproduce.py).
+that reproduce it (`benchmarks.reproduce.ADDED_SINCE`).
 """
 
+import importlib.util
 import json
 import sys
 from pathlib import Path
 
 import torch
+
+# the record's settings, as benchmarks/reproduce.py completes them (loaded by path: the
+# `benchmarks` package imported below must be the checkout's)
+_spec = importlib.util.spec_from_file_location(
+    "_reproduce", Path(__file__).with_name("reproduce.py")
+)
+assert _spec is not None and _spec.loader is not None
+_reproduce = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_reproduce)
 
 root = sys.argv[1]
 sys.path.insert(0, root)
@@ -28,8 +38,7 @@ try:
 
     rec = json.loads(record.read_text())["settings"]["sepme"]
     if "init" in ERASE_DEFAULTS["toy"]:  # a checkout newer than the record
-        added = {"init": "zero", "anchor": "", "contexts": [], "cf_push": 0.0, "cf_hold": 0.0}
-        ERASE_DEFAULTS["toy"].update({**added, **rec})
+        ERASE_DEFAULTS["toy"].update({**_reproduce.ADDED_SINCE, **rec})
 except ImportError:  # a checkout older than the settings table
     pass
 torch.set_num_threads(int(sys.argv[2]))

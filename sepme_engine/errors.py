@@ -44,14 +44,7 @@ class SepmeError(Exception):
     def __reduce__(self) -> tuple[Any, ...]:
         # pickled with its data (a launcher's processes send failed rows to rank 0), not only
         # the message Exception keeps in `args`
-        data = {
-            "kind": self.kind,
-            "name": self.name,
-            "base": self.base,
-            "path": self.path,
-            "candidates": self.candidates,
-        }
-        return (_rebuild, (type(self), self.message, self.hint, data))
+        return (_rebuild, (type(self), self.to_dict()))
 
     def to_dict(self) -> dict[str, Any]:
         """The error as JSON-safe data: its class, message, hint and data fields."""
@@ -67,10 +60,10 @@ class SepmeError(Exception):
         }
 
 
-def _rebuild(
-    cls: type[SepmeError], message: str, hint: str | None, data: dict[str, Any]
-) -> SepmeError:
-    return cls(message, hint, **data)
+def _rebuild(cls: type[SepmeError], data: dict[str, Any]) -> SepmeError:
+    """The error `to_dict` described (its inverse, for pickle)."""
+    fields = {k: v for k, v in data.items() if k not in ("error", "message", "hint")}
+    return cls(data["message"], data["hint"], **fields)
 
 
 class NotFound(SepmeError):
