@@ -471,13 +471,24 @@ def child_sdxl_export(arg: str, reps: int) -> dict[str, Any]:
             walls.append(time.perf_counter() - t)
             rises.append(_vm_hwm() - marks["rss_model"])
         marks["wall_s"], marks["peak_above_model"] = walls, rises
-        nohash = []  # the same writes without the modelspec.hash_sha256 (diagnostic)
+        # then, timing only, in turns on the same loaded model: the export with --hash, the
+        # export as `sepme export` runs it, and save_file + fsync of the same composed tensors
+        # (built once here: they would have raised the peaks above)
+        tensors = _xl_composed(pipe, deltas)
+        hashed, plain, saved = [], [], []
         for _ in range(reps):
-            Path(dest).unlink(missing_ok=True)
-            t = time.perf_counter()
-            orig(pipe, deltas, dest, **{**kw, "sha256": False})
-            nohash.append(time.perf_counter() - t)
-        marks["wall_s_nohash"] = nohash
+            for kind, fn in (
+                (hashed, lambda: orig(pipe, deltas, dest, **{**kw, "sha256": True})),
+                (plain, lambda: orig(pipe, deltas, dest, **kw)),
+                (saved, lambda: _save_fsync(tensors, Path(dest))),
+            ):
+                Path(dest).unlink(missing_ok=True)
+                t = time.perf_counter()
+                fn()
+                kind.append(time.perf_counter() - t)
+        tensors.clear()
+        marks["turns"] = {"export_hash_s": hashed, "export_s": plain, "save_file_fsync_s": saved}
+        marks["load_avg_1m_turns_end"] = os.getloadavg()[0]
         Path(dest).unlink(missing_ok=True)
         return orig(pipe, deltas, dest, **kw)  # the file export() itself reports
 
@@ -500,6 +511,38 @@ def child_sdxl_export(arg: str, reps: int) -> dict[str, Any]:
     }
 
 
+def _xl_composed(pipe: Any, deltas: Any) -> dict[str, Any]:
+    """The composed fp16 LDM tensors of an SDXL pipeline, as the save_file baseline writes them."""
+    import torch
+
+    from sepme_engine.delta.composition import compose_weight
+    from sepme_engine.models.ldm_keys import ldm_key_map
+
+    comps = ("unet", "vae", "text_encoder", "text_encoder_2")
+    sds = {c: getattr(pipe, c).state_dict() for c in comps}
+    unet_d = {k + ".weight": d for k, d in deltas.items()}
+    return {
+        e.ldm_key: e.build(
+            [
+                compose_weight(
+                    sds[e.component][k],
+                    unet_d.get(k) if e.component == "unet" else None,
+                    torch.float16,
+                )
+                for k in e.diffusers_keys
+            ]
+        ).contiguous()
+        for e in ldm_key_map({c: sd.keys() for c, sd in sds.items()}, "sdxl")
+    }
+
+
+def _save_fsync(tensors: dict[str, Any], out: Path) -> None:
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(out), metadata={"sepme.version": "bench"})
+    _fsync(out)
+
+
 def child_sdxl_baseline(arg: str, reps: int) -> dict[str, Any]:
     """The same tensors (the composed LDM state, fp16) written by `safetensors.torch.save_file`,
     from the same base loaded the same way."""
@@ -508,8 +551,6 @@ def child_sdxl_baseline(arg: str, reps: int) -> dict[str, Any]:
 
     from sepme_engine.bases import get_base, load_base
     from sepme_engine.compose import composition_deltas, selection
-    from sepme_engine.delta.composition import compose_weight
-    from sepme_engine.models.ldm_keys import ldm_key_map
     from sepme_engine.store import Store
 
     home, out_s = arg.split("::")
@@ -524,23 +565,8 @@ def child_sdxl_baseline(arg: str, reps: int) -> dict[str, Any]:
     _warm_xl(pipe)
     rss_model, rss_model_parts = _rss_now(), _rss_parts()
     _reset_hwm()
-    comps = ("unet", "vae", "text_encoder", "text_encoder_2")
-    sds = {c: getattr(pipe, c).state_dict() for c in comps}
-    unet_d = {k + ".weight": d for k, d in deltas.items()}
     t0 = time.perf_counter()
-    tensors = {
-        e.ldm_key: e.build(
-            [
-                compose_weight(
-                    sds[e.component][k],
-                    unet_d.get(k) if e.component == "unet" else None,
-                    torch.float16,
-                )
-                for k in e.diffusers_keys
-            ]
-        ).contiguous()
-        for e in ldm_key_map({c: sd.keys() for c, sd in sds.items()}, "sdxl")
-    }
+    tensors = _xl_composed(pipe, deltas)
     cast_s = time.perf_counter() - t0
     save_s, fsync_s, rises = [], [], []
     for _ in range(reps):
@@ -748,8 +774,32 @@ def run_sdxl(args: argparse.Namespace) -> dict[str, Any]:
         "export_peak_rss_above_model": max(e["peak_above_model"]),
         "baseline_peak_rss_above_model": max(b["peak_above_model"]),
         "model_rss": e["rss_model"],
+        **_turns_summary(e.get("turns")),
         "runs": runs,
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+    }
+
+
+def _turns_summary(turns: dict[str, list[float]] | None) -> dict[str, Any]:
+    """Ratios from the export child's turns (export --hash, export, save_file + fsync in turn on
+    one loaded model): per turn save/export, and best against best."""
+    if not turns:
+        return {}
+    import statistics
+
+    ex, eh, sv = turns["export_s"], turns["export_hash_s"], turns["save_file_fsync_s"]
+    return {
+        "turns_best_export_s": min(ex),
+        "turns_best_export_hash_s": min(eh),
+        "turns_best_save_file_fsync_s": min(sv),
+        "turns_ratio_best": min(sv) / min(ex),
+        "turns_ratio_hash_best": min(sv) / min(eh),
+        "turns_ratio_median_of_pairs": statistics.median(
+            b / a for a, b in zip(ex, sv, strict=True)
+        ),
+        "turns_ratio_hash_median_of_pairs": statistics.median(
+            b / a for a, b in zip(eh, sv, strict=True)
+        ),
     }
 
 
@@ -854,7 +904,7 @@ def render_sdxl(s: dict[str, Any]) -> str:
         "",
         "| | best time | throughput | peak RSS above loaded model |",
         "|---|---:|---:|---:|",
-        f"| sepme export (compose + write + sha256 + fsync) | {s['export_wall_s']:.1f} s "
+        f"| sepme export (compose + write + fsync; no hash, the default) | {s['export_wall_s']:.1f} s "
         f"| {s['export_GBps']:.3f} GB/s | {gb(s['export_peak_rss_above_model'])} |",
         f"| `save_file` of the composed fp16 tensors | {s['save_file_s']:.1f} s "
         f"| {b['bytes'] / s['save_file_s'] / GB:.3f} GB/s "
@@ -870,9 +920,8 @@ def render_sdxl(s: dict[str, Any]) -> str:
         f"({gb(e['rss_model_parts']['RssAnon'])} anonymous, "
         f"{gb(e['rss_model_parts']['RssFile'])} file-backed incl. libraries).",
         "",
-        f"Timed runs (s): export {times}; without the sha256 "
-        + ", ".join(f"{x:.1f}" for x in e.get("wall_s_nohash", []))
-        + f"; save_file + fsync {btimes}. 1-minute load average during the export child: "
+        f"Timed runs (s): export {times}; save_file + fsync {btimes}. 1-minute load average "
+        "during the export child: "
         f"{e.get('load_avg_1m_start', float('nan')):.1f} at its start, "
         f"{e.get('load_avg_1m_end', float('nan')):.1f} at its end; during the save_file child: "
         + " and ".join(f"{x:.1f}" for x in b.get("load_avg_1m", []))
@@ -881,6 +930,24 @@ def render_sdxl(s: dict[str, Any]) -> str:
         "to a virtual disk.",
         "",
     ]
+    turns = e.get("turns")
+    if turns:
+
+        def ts(xs: list[float]) -> str:
+            return ", ".join(f"{x:.1f}" for x in xs)
+
+        lines[-1:-1] = [
+            "",
+            "**In turns on one loaded model** (the export child, after the rows above: export "
+            "with `--hash`, export as `sepme export` runs it, `save_file` + fsync of the same "
+            f"composed tensors, {len(turns['export_s'])} rounds; timing only): export "
+            f"{ts(turns['export_s'])} s; export --hash {ts(turns['export_hash_s'])} s; "
+            f"save_file + fsync {ts(turns['save_file_fsync_s'])} s. **Ratio vs save_file + fsync: "
+            f"{s['turns_ratio_best']:.2f}x best against best, {s['turns_ratio_median_of_pairs']:.2f}x "
+            f"the median of the rounds; with --hash {s['turns_ratio_hash_best']:.2f}x / "
+            f"{s['turns_ratio_hash_median_of_pairs']:.2f}x.** 1-minute load average at the end of "
+            f"the turns: {e.get('load_avg_1m_turns_end', float('nan')):.1f}.",
+        ]
     load = max([*e.get("load_avg_1m", []), *b.get("load_avg_1m", [])], default=0.0)
     if load > 2 * s["machine"]["cpus"] - 1:
         lines[-1:-1] = [

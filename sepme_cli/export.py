@@ -51,6 +51,16 @@ def export(
             callback=in_range("rank", 1, 100_000),
         ),
     ] = None,
+    sha256: Annotated[
+        bool | None,
+        typer.Option(
+            "--hash/--no-hash",
+            help="Write modelspec.hash_sha256 (SHA-256 of the tensor data). "
+            "Default: on for LoRAs, off for single files (hashing gigabytes costs as much as "
+            "writing them).",
+            show_default=False,
+        ),
+    ] = None,
     force: ForceOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -76,6 +86,7 @@ def export(
             rank=rank,
             force=force,
             progress=progress,
+            sha256=sha256,
         )
     if json_out:
         print_json(report.to_dict())

@@ -170,3 +170,41 @@ def test_increment_of_another_base_is_refused(erased_base, store: Store, tmp_pat
         res.exit_code == 1 and "base mismatch" in res.stderr and "sha256:000000000000" in res.stderr
     )
     assert not (tmp_path / "m.safetensors").exists()
+
+
+def _hash_ok(path: Path) -> bool | None:
+    """None: no modelspec.hash_sha256; else whether it is the SHA-256 of the tensor data."""
+    import hashlib
+
+    with safe_open(str(path), "pt") as f:
+        value = f.metadata().get("modelspec.hash_sha256")
+    if value is None:
+        return None
+    raw = path.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    return bool(value == "0x" + hashlib.sha256(raw[8 + n :]).hexdigest())
+
+
+def test_export_hash_default_per_format_and_flags(erased_base, tmp_path: Path) -> None:
+    ldm, ldm_h = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    lora, lora_n = tmp_path / "c.safetensors", tmp_path / "d.safetensors"
+    assert run("export", str(ldm)).exit_code == 0
+    assert run("export", str(ldm_h), "--hash").exit_code == 0
+    assert run("export", str(lora), "--format", "lora").exit_code == 0
+    assert run("export", str(lora_n), "--format", "lora", "--no-hash").exit_code == 0
+    assert _hash_ok(ldm) is None  # single files: off by default (it costs as much as the write)
+    assert _hash_ok(ldm_h) is True
+    assert _hash_ok(lora) is True  # LoRAs: on by default
+    assert _hash_ok(lora_n) is None
+    # apart from the hash, the single files are the same bytes' worth of tensors
+    with safe_open(str(ldm), "pt") as f, safe_open(str(ldm_h), "pt") as g:
+        assert sorted(f.keys()) == sorted(g.keys())
+        k = next(k for k in f.keys() if "attn2.to_k" in k)
+        assert torch.equal(f.get_tensor(k), g.get_tensor(k))
+    folder = tmp_path / "folder"
+    res = run("export", str(folder), "--format", "diffusers", "--hash")
+    assert res.exit_code == 1 and "no modelspec hash" in res.stderr and "--hash" in res.stderr
+    assert (
+        not folder.exists()
+        and sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+    )

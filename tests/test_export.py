@@ -327,7 +327,7 @@ def test_exports_carry_no_local_path_and_load_with_the_slow_tokenizer(tmp_path: 
     assert slow.model_max_length == pipe.tokenizer.model_max_length
 
     single = tmp_path / "m.safetensors"
-    export_single_file(pipe, {}, single, arch="sd1")  # the hash is on by default
+    export_single_file(pipe, {}, single, arch="sd1", sha256=True)
     with safe_open(str(single), "pt") as f:
         meta = f.metadata()
     assert "users-private-folder" not in json.dumps(meta) and "_name_or_path" not in json.dumps(

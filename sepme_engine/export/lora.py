@@ -168,6 +168,7 @@ def export_lora(
     metadata: Mapping[str, str] | None = None,
     force: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    sha256: bool = True,
 ) -> ExportReport:
     """Write the sum of `increments` (name -> Increment, in canonical order) as one kohya LoRA
     at `out` (complete or absent).
@@ -256,7 +257,12 @@ def export_lora(
     if metadata:
         meta.update(metadata)
     n_bytes = write_safetensors(
-        Path(out), entries, meta, force=force, progress=progress, hash_key=HASH_KEY
+        Path(out),
+        entries,
+        meta,
+        force=force,
+        progress=progress,
+        hash_key=HASH_KEY if sha256 else None,
     )
     wall, peak, rise = meter.done()
     return ExportReport(

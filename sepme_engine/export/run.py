@@ -64,10 +64,25 @@ def export(
     rank: int | None = None,
     force: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    sha256: bool | None = None,
 ) -> Any:
-    """Export the base with a composition (default: its active set); returns an ExportReport."""
+    """Export the base with a composition (default: its active set); returns an ExportReport.
+
+    `sha256`: write `modelspec.hash_sha256` (the SHA-256 of the tensor data). None = the format's
+    default: on for a LoRA (megabytes: free), off for a single file, where hashing gigabytes costs
+    as much as writing them (SDXL: 3.5 s of a core for 6.94 GB, benchmarks/results/export.md);
+    a diffusers folder has no place for it (True is refused).
+    """
     out = Path(out)
     fmt = guess_format(out, fmt)
+    if sha256 and fmt == "diffusers":
+        raise InvalidInput(
+            "a diffusers folder carries no modelspec hash",
+            hint="drop --hash, or export an ldm single file or a LoRA",
+            kind="hash-not-file",
+        )
+    if sha256 is None:
+        sha256 = fmt == "lora"
     if dtype not in DTYPES:
         raise InvalidInput(f"unknown dtype {dtype!r}", hint="use fp16, bf16 or fp32")
     if rank is not None and fmt != "lora":
@@ -136,6 +151,7 @@ def export(
             metadata=metadata,
             force=force,
             progress=progress,
+            sha256=sha256,
         )
     # an fp16/bf16 base is held in its own dtype: the same values as float32 (the composition
     # upcasts each to_k/to_v weight that has a delta), half the memory (SDXL: 7 GB, not 14)
@@ -162,6 +178,7 @@ def export(
             erased=list(names),
             force=force,
             progress=progress,
+            sha256=sha256,
         )
     from sepme_engine.export.diffusers_dir import export_diffusers
 

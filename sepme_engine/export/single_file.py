@@ -129,7 +129,7 @@ def export_single_file(
     erased: Sequence[str] = (),
     force: bool = False,
     progress: Callable[[int, int], None] | None = None,
-    sha256: bool = True,
+    sha256: bool = False,
     pad_openclip: bool | None = None,
 ) -> ExportReport:
     """Write `pipe` + `deltas` as one LDM `.safetensors` at `out` (complete or absent).
@@ -140,7 +140,7 @@ def export_single_file(
     non-standard models can be re-imported), `sepme.arch`, then the caller's `metadata`
     (provenance: sepme.schema_version, sepme.version, sepme.base_digest, sepme.increments...)
     merged last. `modelspec.hash_sha256` is filled in while the tensors stream out (a thread
-    hashes each view while another writes it; `sha256=False` skips it). The pipeline is not modified.
+    hashes each view while another writes it) when `sha256` is set. The pipeline is not modified.
 
     Raises InvalidInput (bad dtype/arch, arch vs scheduler mismatch), BaseMismatch (a delta does
     not fit the UNet), UnsupportedModel (keys the LDM layout cannot place), AlreadyExists.
