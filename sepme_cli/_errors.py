@@ -169,6 +169,9 @@ NEXT_STEPS: dict[tuple[type[E.SepmeError], str], Callable[[E.SepmeError], str]] 
     ),
     (E.InvalidInput, "rank"): lambda e: "pass --rank 4 or more",
     (E.InvalidInput, "rank-not-lora"): lambda e: "drop --rank, or pass --format lora",
+    (E.InvalidInput, "hash-not-file"): lambda e: (
+        "drop --hash, or export an ldm single file or a LoRA"
+    ),
     (E.InvalidInput, "plain-and-selection"): lambda e: "drop --variant/--erase, or --plain",
     (E.InvalidInput, "n-images"): lambda e: "pass --n 1 or more",
     (E.InvalidInput, "image-path"): lambda e: "give -o a .png file",

@@ -108,7 +108,7 @@ def flow(request, tmp_path_factory) -> Any:
             out / "erased-lora.safetensors",
         )
         for args in (
-            (str(ldm), "--dtype", "fp32"),
+            (str(ldm), "--dtype", "fp32", "--hash"),
             (str(folder), "--format", "diffusers", "--dtype", "fp32"),
             (str(lora), "--format", "lora", "--dtype", "fp32"),
         ):

@@ -78,7 +78,7 @@ def export(
     if sha256 and fmt == "diffusers":
         raise InvalidInput(
             "a diffusers folder carries no modelspec hash",
-            hint="drop --hash, or export an ldm single file or a LoRA",
+            hint="hash an ldm single file or a LoRA instead",
             kind="hash-not-file",
         )
     if sha256 is None:
