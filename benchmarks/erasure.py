@@ -162,7 +162,12 @@ class Evaluator:
         return {"bare": bare_acc, "bare_list": bare_list, "per_prompt": per_prompt, "images": imgs}
 
     def chance(self) -> dict[str, float]:
+        """Each concept's rate on the blank prompt's `n_blank` samples. Also sets
+        `paired_chance`: its rate on the first `n` of them, whose seeds are the ones every bare
+        prompt is sampled with (`sample_images` seeds sample j with seed + j, whatever the
+        prompt), so bare − paired chance compares the same seeds."""
         blank = judge_batch(self.images([""], self.k.n_blank))
+        self.paired_chance = {c: _rate(blank[: self.k.n], c) for c in CONCEPTS}
         return {c: _rate(blank, c) for c in CONCEPTS}
 
 
@@ -171,16 +176,24 @@ def _rate(verdicts: list[Any], concept: str) -> float:
     return sum(v.get(axis) == concept for v in verdicts) / max(1, len(verdicts))
 
 
-def full_accuracy(
+def full_hits(
     ev: dict[str, Any], concept: str, avoid: set[str] | frozenset[str] = frozenset()
-) -> float | None:
-    """Accuracy for `concept` on full prompts naming it and none of `avoid`."""
+) -> list[bool]:
+    """Per sample of the full prompts naming `concept` and none of `avoid`: judged `concept`?"""
     hits: list[bool] = []
     axis = axis_of(concept)
     for p, vs in ev["per_prompt"].items():
         names = set(named(p).values())
         if concept in names and not (names & avoid):
             hits.extend(v.get(axis) == concept for v in vs)
+    return hits
+
+
+def full_accuracy(
+    ev: dict[str, Any], concept: str, avoid: set[str] | frozenset[str] = frozenset()
+) -> float | None:
+    """Accuracy for `concept` on full prompts naming it and none of `avoid`."""
+    hits = full_hits(ev, concept, avoid)
     return float(np.mean(hits)) if hits else None
 
 
@@ -401,7 +414,10 @@ def summarize(
     chance: dict[str, float],
     erased: list[str],
     restored: list[str],
+    paired: dict[str, float] | None = None,
 ) -> dict[str, Any]:
+    """Per concept: accuracies and lifts (`paired`: the blank prompt's rates on the bare
+    prompts' own seeds, for `bare_lift_paired`); the regular concepts' mean and worst Δ."""
     avoid = set(erased)
     rows = {}
     for c in CONCEPTS:
@@ -412,6 +428,10 @@ def summarize(
             "group": group,
             "bare": ev["bare"].get(c),
             "bare_lift": None if c not in ev["bare"] else ev["bare"][c] - chance[c],
+            "bare_lift_paired": None
+            if c not in ev["bare"] or paired is None
+            else ev["bare"][c] - paired[c],
+            "full_samples": len(full_hits(ev, c, set() if c in erased else avoid - {c})),
             "full": acc_full,
             "full_lift": None if acc_full is None else acc_full - chance[c],
             "base_bare": base["bare"][c],
@@ -646,11 +666,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     incs[c] = baseline_incs[(method, c)]
             order = sorted(incs)
             ev0 = evaluator.run(sum_deltas([incs[c] for c in order]), bare=concepts)
-            entry: dict[str, Any] = {"t0": summarize(ev0, base, chance, concepts, [])}
+            entry: dict[str, Any] = {
+                "t0": summarize(ev0, base, chance, concepts, [], evaluator.paired_chance)
+            }
             if restore:
                 kept = [c for c in order if c != restore]
                 ev1 = evaluator.run(sum_deltas([incs[c] for c in kept]), bare=concepts)
-                entry["t1"] = summarize(ev1, base, chance, kept, [restore])
+                entry["t1"] = summarize(ev1, base, chance, kept, [restore], evaluator.paired_chance)
                 entry["t1"]["restored_distance"] = restored_distance(ev1, base, restore, knobs)
             scene["methods"][method] = entry
             result["scenes"][title] = scene
@@ -699,17 +721,42 @@ def bar_check(r: dict[str, Any], method: str = "sepme") -> dict[str, dict[str, A
         )
         rd = e.get("t1", {}).get("restored_distance")
         restore_ok = rd is None or rd["bare_mean_abs"] <= 1e-6
+        # the same seeds: the bare prompt against the blank prompt's first n samples
+        paired = {
+            c: t0["concepts"][c].get("bare_lift_paired")
+            for c in forg
+            if t0["concepts"][c].get("bare_lift_paired") is not None
+        }
+        worst_rows = [
+            (v["delta_full_vs_base"], c, v.get("full_samples"), t)
+            for t in ("t0", "t1")
+            if t in e
+            for c, v in e[t]["concepts"].items()
+            if v["group"] == "regular"
+            and v["delta_full_vs_base"] is not None
+            and v["delta_full_vs_base"] < 0
+        ]
         checks[title] = {
             "forgotten": ", ".join(f"{c} {'yes' if ok else 'NO'}" for c, ok in ok_forg.items()),
             "mean": mean,
             "worst": worst,
             "restore": "–" if rd is None else f"{rd['bare_mean_abs']:.1e}",
+            "paired": ", ".join(f"{c} {_pts(v)}" for c, v in paired.items()),
+            "worst_detail": _worst_detail(worst_rows),
             "met": all(ok_forg.values())
             and (mean is None or mean >= -0.01)
             and (worst is None or worst >= -0.03)
             and restore_ok,
         }
     return checks
+
+
+def _worst_detail(rows: list[tuple[float, str, int | None, str]]) -> str:
+    """ "stripes -6 at t0 (1 of 16 samples)" for the most harmed regular concept, or ""."""
+    if not rows:
+        return ""
+    delta, concept, n, t = min(rows)
+    return f"{concept} {_pts(delta)} at {t} ({round(-delta * (n or 0))} of {n} samples)"
 
 
 def render_md(r: dict[str, Any]) -> str:
@@ -792,12 +839,19 @@ def render_md(r: dict[str, Any]) -> str:
             "Every forgotten concept: bare lift ≤ 0 and full lift ≤ +5 points; regular concepts: "
             "mean Δ ≥ −1 and worst ≥ −3 points; restored bare prompt: pixel distance ≤ 1e-6.",
             "",
-            "| scene | forgotten erased | regular mean / worst Δ | restore distance | bar |",
-            "|---|---|---|---|---|",
+            "Two columns say how close a miss is. *Bare lift, same seeds*: the forgotten bare "
+            "prompt's rate minus the blank prompt's rate on the same n seeds (the chance column "
+            "uses all the blank samples; on 8 samples one image is 12.5 points). *Worst regular*: "
+            "the concept, the time and how many of its samples changed.",
+            "",
+            "| scene | forgotten erased | bare lift, same seeds | regular mean / worst Δ | "
+            "worst regular | restore distance | bar |",
+            "|---|---|---|---|---|---|---|",
         ]
         for title, b in bar.items():
             out.append(
-                f"| {title} | {b['forgotten']} | {_pts(b['mean'])} / {_pts(b['worst'])} | "
+                f"| {title} | {b['forgotten']} | {b.get('paired', '')} | "
+                f"{_pts(b['mean'])} / {_pts(b['worst'])} | {b.get('worst_detail', '')} | "
                 f"{b['restore']} | {'met' if b['met'] else 'NOT met'} |"
             )
     if "cost_to_erase_circle" in r:
