@@ -32,17 +32,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("concept", choices=CONCEPTS)
     ap.add_argument("--taus", default="-0.001,-0.002,-0.004")
     ap.add_argument("--n", type=int, default=24, help="samples per prompt")
+    ap.add_argument("--n-full", type=int, default=12, help="use only the first N full prompts")
+    ap.add_argument("--max-steps", type=int, help="cap the iterations (smoke tests)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     concept = args.concept
     pipe = E.load_toy_pipeline(None)
-    knobs = E.Knobs(n=args.n, n_blank=0, full_prompts=E.eval_prompts(12))
+    knobs = E.Knobs(n=args.n, n_blank=0, full_prompts=E.eval_prompts(12)[: args.n_full])
     ev, trainer = E.Evaluator(pipe, knobs), E.Trainer(pipe, knobs)
     base = ev.run(None, bare=[concept])
     rows: list[dict[str, Any]] = []
     for tau in (float(t) for t in args.taus.split(",")):
         start = time.perf_counter()
-        inc, rec = trainer.sepme(concept, [], tau=tau)
+        inc, rec = trainer.sepme(concept, [], tau=tau, max_steps=args.max_steps)
         res = ev.run(sum_deltas([inc]), bare=[concept])
         deltas = [
             round(100 * (a - b))
