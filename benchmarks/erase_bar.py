@@ -6,7 +6,9 @@
 For each concept, SepME with the toy profile's default settings — E_k as `sepme erase` builds it
 (the blank prompt and the toy's default preserve prompts: the other 12 concepts) — and with a
 lower τ (the default − ½ × the mean L_cor of the first 10 iterations, measured by a
-10-iteration probe run).
+10-iteration probe run), or with the τ values given by `--taus`:
+
+    python -m benchmarks.erase_bar --concepts yellow,circle --taus=-0.004 --stem erase_bar_taus
 The two are separate runs built through the method registry and settings pipeline `sepme
 erase` uses (erase/settings.py); training is deterministic, so the lower-τ run passes through
 the very increment the default run stops at.
@@ -71,6 +73,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     ap.add_argument("--n-full", type=int, help="use only the first N of the full prompts")
     ap.add_argument("--no-low-tau", action="store_true", help="only the default settings")
+    ap.add_argument(
+        "--taus", help="comma-separated τ values to run besides the default (instead of the probe)"
+    )
     ap.add_argument("--stem", help="results file name (default erase_bar, erase_bar_quick)")
     ap.add_argument("--max-steps", type=int, help="iteration cap (smoke tests)")
     ap.add_argument("--seed", type=int, default=0)
@@ -105,14 +110,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "sampling": f"DDIM {TOY_STEPS} steps, guidance {TOY_GUIDANCE}",
             "sepme": dict(trainer.settings),
             "sepme_steps_cap": knobs.sepme_steps,
+            "taus": args.taus,
         },
         "chance": {c: chance[c] for c in concepts},
         "rows": rows,
     }
     for c in concepts:
-        if args.no_low_tau:
+        if args.no_low_tau or args.taus:
             log(f"{c}: train")
             runs = [("default", *trainer.sepme(c, []))]
+            for tau in (float(t) for t in (args.taus or "").split(",") if t):
+                runs.append((f"tau={tau:g}", *trainer.sepme(c, [], tau=tau)))
         else:
             log(f"{c}: probe, then one run to the lower τ")
             (inc, rec), (inc_low, rec_low) = trainer.sepme_with_lower_tau(c)
@@ -168,6 +176,7 @@ def render_md(r: dict[str, Any]) -> str:
             if any("low_tau" in d for d in r["rows"].values())
             else ""
         )
+        + (f", then τ = {s['taus']}" if s.get("taus") else "")
         + f". {len(s['full_prompts'])} full prompts × {s['n_per_prompt']} samples, "
         f"{s['n_blank']} blank-prompt samples for chance, {s['sampling']}, seed {s['seed']}. "
         "Accuracy in percent, lift and Δ in points; lift = accuracy − chance; 'others' are the "
@@ -180,8 +189,7 @@ def render_md(r: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c, d in r["rows"].items():
-        for key in [k for k in ("default", "low_tau") if k in d]:
-            e = d[key]
+        for e in d.values():  # "default" first
             row = e["concepts"][c]
             cost = e["cost"]
             out.append(

@@ -71,16 +71,18 @@ def test_erase_bar_quick_path(tmp_path: Path) -> None:
     assert "| circle | -0.001 |" in md and "others ≥ base − 3" in md
 
 
-def test_tau_sweep_smoke(tmp_path: Path) -> None:
-    from benchmarks.tau_sweep import main
+def test_erase_bar_given_taus(tmp_path: Path) -> None:
+    from benchmarks.erase_bar import main
 
-    argv = ["circle", "--taus=-0.001,-0.5", "--n", "1", "--n-full", "2", "--max-steps", "12"]
-    main([*argv, "--out", str(tmp_path)])
-    rows = [json.loads(x) for x in (tmp_path / "tau_sweep.jsonl").read_text().splitlines()]
-    assert [r["tau"] for r in rows] == [-0.001, -0.5]
-    # τ −0.5 is never reached: that run goes to the cap; τ −1e-3 stops no later than it
-    assert rows[1]["iterations"] == 12 and rows[1]["stop"] == "cap"
-    assert rows[0]["iterations"] <= rows[1]["iterations"]
-    assert all(r["full_samples"] == 1 and 0.0 <= r["bare"] <= 1.0 for r in rows)  # 1 of 2 names it
-    md = (tmp_path / "tau_sweep.md").read_text()
-    assert md.count("| circle |") == 2
+    argv = ["--quick", "--n", "1", "--n-full", "2", "--n-blank", "2", "--max-steps", "12"]
+    main([*argv, "--concepts", "circle", "--taus=-0.5", "--out", str(tmp_path)])
+    data = json.loads((tmp_path / "erase_bar_quick.json").read_text())
+    runs = data["rows"]["circle"]
+    assert list(runs) == ["default", "tau=-0.5"]
+    default, low = runs["default"]["cost"], runs["tau=-0.5"]["cost"]
+    assert default["tau"] == data["settings"]["sepme"]["tau"] and low["tau"] == -0.5
+    # τ −0.5 is never reached: that run goes to the cap; the default stops no later than it
+    assert low["iterations"] == 12 and low["stop_reason"] == "cap"
+    assert default["iterations"] <= low["iterations"]
+    md = (tmp_path / "erase_bar_quick.md").read_text()
+    assert "| circle | -0.5 |" in md and "then τ = -0.5" in md
