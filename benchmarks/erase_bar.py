@@ -170,7 +170,12 @@ def render_md(r: dict[str, Any]) -> str:
         f"(2 cores). SepME with the toy profile's defaults (β {s['sepme']['beta']}, lr "
         f"{s['sepme']['lr']}, batch {s['sepme']['batch_size']}, τ {s['sepme']['tau']}, "
         f"{s['sepme']['images']} training images; E_k = the blank prompt + the default preserve "
-        f"prompts, i.e. the other toy concepts)"
+        f"prompts, i.e. the other toy concepts"
+        + (
+            f"; the iterations trained in context on the {n} toy captions, `train_contexts`)"
+            if (n := len(s["sepme"].get("train_contexts", ())))
+            else ")"
+        )
         + (
             ", then a lower τ = the default − ½ × mean L_cor of the first 10 iterations"
             if any("low_tau" in d for d in r["rows"].values())

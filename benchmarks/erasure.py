@@ -783,7 +783,13 @@ def render_md(r: dict[str, Any]) -> str:
         "scene's other concepts and the toy profile's default preserve prompts (all other toy "
         "concepts), so a concept has the same E_k in every scene; training is deterministic, so "
         "each such increment is trained once and reused (the training log lists it once). UCE "
-        "preserves the same prompts.",
+        "preserves the same prompts."
+        + (
+            f" SepME's iterations also train in context on the {n} toy captions "
+            "(`train_contexts`: every other batch item a caption naming the concept)."
+            if (n := len(s.get("sepme", {}).get("train_contexts", ())))
+            else ""
+        ),
         "",
         "## Base",
         "",

@@ -27,7 +27,7 @@ from typing import Any
 from sepme_engine.erase import names as method_names
 from sepme_engine.errors import ConfigError
 from sepme_engine.models.arch import ARCHS
-from sepme_engine.toy.vocab import CONCEPTS
+from sepme_engine.toy.vocab import CONCEPTS, captions
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -51,6 +51,7 @@ ERASE_KEYS: dict[str, type] = {
     "init": str,  # "closed-form" or "zero" (the paper's)
     "anchor": str,  # the closed form maps the concept's keys/values onto this prompt's
     "contexts": list,  # captions the closed form erases the concept in (and holds the rest)
+    "train_contexts": list,  # captions naming the concept SepME's iterations also train on
     "cf_push": float,  # η: the closed form's target moved past the anchor
     "cf_hold": float,  # λ_h: weight of the pool's captions that do not name the concept
     "verify_samples": int,  # toy base: images per prompt for the judged verdict (0: off)
@@ -86,6 +87,11 @@ KEY_DOCS: dict[str, tuple[str, str]] = {
         '["a photo of cat", "a cat on a sofa"]',
         "captions the closed form also erases the concept in (those naming it) and holds "
         "(the others); none by default (toy: `captions()` of sepme_engine.toy.vocab is a pool to try)",
+    ),
+    "train_contexts": (
+        '["a photo of cat", "a cat on a sofa"]',
+        "SepME's iterations also train on those of these captions that name the concept (half "
+        "of each batch), against the same caption without it; none by default (toy: its captions)",
     ),
     "cf_push": ("3.0", "closed form: its target moved this far past the anchor (η)"),
     "cf_hold": ("30.0", "closed form: weight λ_h of the held captions"),
@@ -169,6 +175,7 @@ SD_ERASE_DEFAULTS: dict[str, Any] = {
     "init": "closed-form",
     "anchor": "",
     "contexts": [],
+    "train_contexts": [],
     "cf_push": 0.0,
     "cf_hold": 0.0,
     "verify_samples": 0,
@@ -188,6 +195,10 @@ SD_ERASE_DEFAULTS: dict[str, Any] = {
 # the point where the bare prompt reaches chance — at τ = 0 circle stopped at chance + 3 points
 # (48 samples). benchmarks/results/erase_bar.md measures the result against the bar.
 # Its training images are sampled with the toy's own settings.
+# The iterations also train on the toy's captions naming the concept (`train_contexts`,
+# erase/sepme.py): with the bare prompt alone, yellow stopped with 15 % of its full prompts still
+# yellow (chance 9 %); in context 10 %, in 52 iterations instead of 48, and circle in 69 instead
+# of 77 (benchmarks/results/erase_bar_ctx.md).
 TOY_ERASE_DEFAULTS: dict[str, Any] = {
     **SD_ERASE_DEFAULTS,
     "beta": 1e-2,
@@ -198,6 +209,7 @@ TOY_ERASE_DEFAULTS: dict[str, Any] = {
     "image_steps": 10,
     "image_guidance": 4.0,
     "preserve": list(CONCEPTS),
+    "train_contexts": list(captions()),
     "verify_samples": 8,
 }
 ERASE_DEFAULTS: dict[str, dict[str, Any]] = {

@@ -1,9 +1,11 @@
 """The closed form in context (erase/closed_form.py): erase rows from the captions naming the
 concept, hold rows from the others, the push past the anchor, and the crowded concept's
-neighbours held softly (sepme.relax_e_k, erase/run.py)."""
+neighbours held softly (sepme.relax_e_k, erase/run.py); SepME's iterations trained in context
+(`train_contexts`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -18,7 +20,7 @@ from sepme_engine.erase.closed_form import (
     neighbours,
 )
 from sepme_engine.erase.nullspace import null_space
-from sepme_engine.erase.sepme import SepMEConfig, closed_form_sepme, relax_e_k
+from sepme_engine.erase.sepme import SepMEConfig, closed_form_sepme, relax_e_k, train_sepme
 from sepme_engine.errors import ConfigError, InvalidInput
 from sepme_engine.models.text import encode_prompts
 from sepme_engine.toy.vocab import CONCEPTS, SHAPES, captions
@@ -140,3 +142,44 @@ def test_contexts_come_from_config_toml_as_a_list_of_prompts(tmp_path) -> None:
         erase_settings.build("sepme", "sd1", load_config(tmp_path))
     with pytest.raises(InvalidInput):
         SepMEConfig(cf_push=-1.0)
+
+
+def test_iterations_in_context_train_on_the_captions_and_keep_e_k_exact(pipe) -> None:
+    latents = torch.randn(3, 4, 16, 16, generator=torch.Generator().manual_seed(5))
+    cfg = SepMEConfig(max_steps=4, min_steps=1, lr=0.5, batch_size=2, seed=0, init="zero")
+    bare = train_sepme(pipe, CONCEPT, PRESERVE, latents, cfg, "cpu")
+    # a pool naming nothing: every item is the bare prompt, the very run of the paper's loss
+    none = dataclasses.replace(cfg, train_contexts=("a red boat", "a dog"))
+    same = train_sepme(pipe, CONCEPT, PRESERVE, latents, none, "cpu")
+    assert same.lcor_history == bare.lcor_history
+    assert all(torch.equal(same.increment.coefs[k], c) for k, c in bare.increment.coefs.items())
+    ctx = train_sepme(
+        pipe, CONCEPT, PRESERVE, latents, dataclasses.replace(cfg, train_contexts=POOL), "cpu"
+    )
+    # the same draws; every other item is a caption against it without the concept
+    assert len(ctx.lcor_history) == len(bare.lcor_history)
+    assert all(
+        abs(a - b) > 1e-3 * abs(b) for a, b in zip(ctx.lcor_history, bare.lcor_history, strict=True)
+    )
+    d = ctx.increment.basis.shape[1]
+    for name, _ in cross_attention_kv(pipe.unet):
+        dw = ctx.increment.delta(name).double()
+        assert float(dw.norm()) > 0
+        for prompt in ["", *PRESERVE]:  # separability holds whatever it trains on
+            e = encode_prompts(pipe, [prompt])[0].double()
+            tol = (1e-6 + 8 * EPS32 * math.sqrt(d)) * float(dw.norm()) * float(e.norm())
+            assert float((e @ dw.T).norm()) <= tol, (prompt, name)
+    assert "a photo of a car" in ctx.increment.meta["sepme.settings"]  # recorded with the config
+
+
+def test_train_contexts_are_the_toy_profiles_captions_and_opt_in_on_sd(tmp_path) -> None:
+    from sepme_engine.config import load_config
+
+    assert erase_settings.build("sepme", "toy").config.train_contexts == captions()
+    assert erase_settings.build("sepme", "sd1").config.train_contexts == ()  # the paper's loss
+    (tmp_path / "config.toml").write_text('[erase.sepme]\ntrain_contexts = ["a red car"]\n')
+    cfg = erase_settings.build("sepme", "sd1", load_config(tmp_path)).config
+    assert cfg.train_contexts == ("a red car",)
+    (tmp_path / "config.toml").write_text('[erase.sepme]\ntrain_contexts = "a red car"\n')
+    with pytest.raises(ConfigError, match="train_contexts"):
+        erase_settings.build("sepme", "sd1", load_config(tmp_path))

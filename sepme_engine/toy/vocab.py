@@ -27,7 +27,8 @@ def caption_parts(colour: str | None, shape: str | None, style: str | None) -> s
 def captions() -> tuple[str, ...]:
     """Every non-blank caption the toy base was trained on (`caption_parts` of each colour, shape
     and style or none of it): 139, the full "a red circle on stripes" ones included. The toy
-    profile's SepME `contexts` (erase/closed_form.py): the concept in every caption naming it."""
+    profile's SepME `train_contexts` (erase/sepme.py: the iterations also train on the captions
+    naming the concept), and a pool to try for the closed form's `contexts`."""
     out = []
     for colour in (None, *COLOURS):
         for shape in (None, *SHAPES):
