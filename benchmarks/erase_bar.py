@@ -172,7 +172,8 @@ def render_md(r: dict[str, Any]) -> str:
         f"{s['sepme']['images']} training images; E_k = the blank prompt + the default preserve "
         f"prompts, i.e. the other toy concepts"
         + (
-            f"; the iterations trained in context on the {n} toy captions, `train_contexts`)"
+            f"; after the paper's stop, an in-context stage on the {n} toy captions, "
+            "`train_contexts`)"
             if (n := len(s["sepme"].get("train_contexts", ())))
             else ")"
         )

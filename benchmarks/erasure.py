@@ -785,7 +785,7 @@ def render_md(r: dict[str, Any]) -> str:
         "each such increment is trained once and reused (the training log lists it once). UCE "
         "preserves the same prompts."
         + (
-            f" SepME's iterations also train in context on the {n} toy captions "
+            f" After the paper's stop, SepME's in-context stage trains on the {n} toy captions "
             "(`train_contexts`: every other batch item a caption naming the concept)."
             if (n := len(s.get("sepme", {}).get("train_contexts", ())))
             else ""

@@ -20,7 +20,13 @@ from sepme_engine.erase.closed_form import (
     neighbours,
 )
 from sepme_engine.erase.nullspace import null_space
-from sepme_engine.erase.sepme import SepMEConfig, closed_form_sepme, relax_e_k, train_sepme
+from sepme_engine.erase.sepme import (
+    ContextStage,
+    SepMEConfig,
+    closed_form_sepme,
+    relax_e_k,
+    train_sepme,
+)
 from sepme_engine.errors import ConfigError, InvalidInput
 from sepme_engine.models.text import encode_prompts
 from sepme_engine.toy.vocab import CONCEPTS, SHAPES, captions
@@ -144,11 +150,13 @@ def test_contexts_come_from_config_toml_as_a_list_of_prompts(tmp_path) -> None:
         SepMEConfig(cf_push=-1.0)
 
 
-def test_iterations_in_context_train_on_the_captions_and_keep_e_k_exact(pipe) -> None:
+def test_the_in_context_stage_follows_the_papers_stop_and_keeps_e_k_exact(pipe) -> None:
     latents = torch.randn(3, 4, 16, 16, generator=torch.Generator().manual_seed(5))
-    cfg = SepMEConfig(max_steps=4, min_steps=1, lr=0.5, batch_size=2, seed=0, init="zero")
+    # τ far above L_cor: the paper's stop comes at the first iteration it may (n = min_steps + 1)
+    cfg = SepMEConfig(max_steps=20, min_steps=1, lr=0.5, batch_size=2, seed=0, tau=1e9)
     bare = train_sepme(pipe, CONCEPT, PRESERVE, latents, cfg, "cpu")
-    # a pool naming nothing: every item is the bare prompt, the very run of the paper's loss
+    assert (bare.iterations, bare.context_stop) == (3, "")
+    # a pool naming nothing: no stage, the very run of the paper's loss
     none = dataclasses.replace(cfg, train_contexts=("a red boat", "a dog"))
     same = train_sepme(pipe, CONCEPT, PRESERVE, latents, none, "cpu")
     assert same.lcor_history == bare.lcor_history
@@ -156,15 +164,16 @@ def test_iterations_in_context_train_on_the_captions_and_keep_e_k_exact(pipe) ->
     ctx = train_sepme(
         pipe, CONCEPT, PRESERVE, latents, dataclasses.replace(cfg, train_contexts=POOL), "cpu"
     )
-    # the same draws; every other item is a caption against it without the concept
-    assert len(ctx.lcor_history) == len(bare.lcor_history)
-    assert all(
-        abs(a - b) > 1e-3 * abs(b) for a, b in zip(ctx.lcor_history, bare.lcor_history, strict=True)
-    )
+    # up to the paper's stop the same run; then 2 iterations of 1 bare + 1 caption item each, until
+    # both momenta have 2 values below τ
+    assert ctx.lcor_history[:3] == bare.lcor_history
+    assert (ctx.iterations, ctx.context_iterations, ctx.context_stop) == (5, 2, "threshold")
+    assert ctx.stop_reason == "threshold"
+    assert ctx.unet_passes_training == 3 * 2 * 5
     d = ctx.increment.basis.shape[1]
     for name, _ in cross_attention_kv(pipe.unet):
         dw = ctx.increment.delta(name).double()
-        assert float(dw.norm()) > 0
+        assert not torch.equal(ctx.increment.coefs[name], bare.increment.coefs[name])
         for prompt in ["", *PRESERVE]:  # separability holds whatever it trains on
             e = encode_prompts(pipe, [prompt])[0].double()
             tol = (1e-6 + 8 * EPS32 * math.sqrt(d)) * float(dw.norm()) * float(e.norm())
@@ -172,10 +181,28 @@ def test_iterations_in_context_train_on_the_captions_and_keep_e_k_exact(pipe) ->
     assert "a photo of a car" in ctx.increment.meta["sepme.settings"]  # recorded with the config
 
 
+def test_the_in_context_stage_keeps_the_papers_increment_when_it_does_not_reach_its_stop() -> None:
+    cfg = SepMEConfig(tau=-1.0, max_steps=100)
+    kept = {"l": torch.ones(2, 3)}
+    stage = ContextStage(cfg, 4, kept, -2.0, -1.5)
+    kept["l"].zero_()  # the stage holds its own copy
+    assert stage.end == 8  # as many iterations again as the paper's stop took
+    which = torch.tensor([0, 3])  # a bare item, the 3rd caption
+    assert [int(i) for i in stage.items(4, 2, 5)] == [0, 1]
+    assert [int(i) for i in stage.items(5, 2, 5)] == [0, 2]
+    ends = [stage.update(n, which, torch.tensor([-2.0, 0.5])) for n in range(4, 8)]
+    assert ends == [False, False, False, True] and stage.outcome == "budget"
+    assert torch.equal(stage.kept["l"], torch.ones(2, 3)) and stage.kept_lcor == -2.0
+    both = ContextStage(cfg, 4, kept, -2.0, -1.5)
+    ends = [both.update(n, which, torch.tensor([-2.0, -3.0])) for n in range(4, 6)]
+    assert ends == [False, True] and both.outcome == "threshold" and both.momentum < cfg.tau
+    assert ContextStage(dataclasses.replace(cfg, max_steps=6), 4, kept, 0.0, 0.0).end == 6
+
+
 def test_train_contexts_are_the_toy_profiles_captions_and_opt_in_on_sd(tmp_path) -> None:
     from sepme_engine.config import load_config
 
-    assert erase_settings.build("sepme", "toy").config.train_contexts == captions()
+    assert erase_settings.build("sepme", "toy").config.train_contexts == ()  # opt-in
     assert erase_settings.build("sepme", "sd1").config.train_contexts == ()  # the paper's loss
     (tmp_path / "config.toml").write_text('[erase.sepme]\ntrain_contexts = ["a red car"]\n')
     cfg = erase_settings.build("sepme", "sd1", load_config(tmp_path)).config

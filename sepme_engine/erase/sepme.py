@@ -14,14 +14,18 @@ gradients (the tuned ∅ prediction equals the frozen one because "" ∈ E_k, so
 
 ("ε" is the raw UNet output: noise, or v for v-prediction models — the quantity classifier-free
 guidance combines.) In context (`train_contexts`, a pool of captions; the toy profile's: its 139
-captions): every other batch item is a caption q naming the concept (cycling through those of the
-pool) instead of c, its residual taken against q without the concept rather than ∅,
+captions), the run goes on after the paper's stop (`ContextStage`): every other batch item is a
+caption q naming the concept (cycling through those of the pool) instead of c, its residual taken
+against q without the concept rather than ∅,
 
     r_new = ε_tuned(q) − ε_frozen(q∖c)     r_old = ε_frozen(q) − ε_frozen(q∖c)
 
-so the iterations also decorrelate the concept where a user names it among other words (the bare
-loss alone left the toy's yellow in 15 % of the full prompts naming it, against 9 % chance).
-ΔW stays C·β·S_k: separability does not depend on what the loss sees. Early stopping on the momentum m_n of L_cor (`EarlyStopper`); the stopping
+until the bare items' and the caption items' momenta are both below τ, or, after as many
+iterations again, it keeps the paper's stop's increment. So the iterations also decorrelate the
+concept where a user names it among other words (the bare loss alone left the toy's yellow in
+15 % of the full prompts naming it, against 9 % chance), and a concept whose stage does not
+reach its stop keeps the paper's result. Opt-in on every base (docs/method.md §4). ΔW stays C·β·S_k: separability does not depend on
+what the loss sees. Early stopping on the momentum m_n of L_cor (`EarlyStopper`); the stopping
 test runs *before* the optimiser step, so the returned increment is exactly the C that produced
 the stopping L_cor. Adam on C only, gradients zeroed every step. The frozen UNet may be in
 bf16/fp16; C, ΔW and the loss are float32. All randomness comes from one CPU torch.Generator
@@ -92,9 +96,9 @@ class SepMEConfig:
     # are erased too, the others held with weight `cf_hold`; `cf_push` η moves the target past
     # the anchor. Empty pool (SD bases' default): the bare prompt alone, as before.
     contexts: tuple[str, ...] = ()
-    # captions the iterations also train on: half of each batch is a caption naming the concept
-    # (cycling through those of this pool), its residual taken against the same caption without
-    # the concept. Empty (SD bases' default): the bare prompt alone, the paper's loss.
+    # captions the iterations also train on after the paper's stop (ContextStage): half of each
+    # batch a caption of this pool naming the concept, its residual taken against the same caption
+    # without the concept. Empty (SD bases' default): the bare prompt alone, the paper's loss.
     train_contexts: tuple[str, ...] = ()
     cf_push: float = 0.0
     cf_hold: float = 0.0
@@ -171,6 +175,57 @@ class SepMEResult:
     concept_null_fraction: float  # ‖e(c)·Sᵀ‖_F / ‖e(c)‖_F: how much of the concept S can reach
     # the closed form's key/value gap left (after/before, closed_form.KvGap.left); None for init zero
     cf_gap_left: float | None = None
+    # the in-context stage (`train_contexts`): its iterations (in `iterations` too) and how it
+    # ended — "threshold" (its own stop), "budget" (the paper's stop's increment kept), "" (none)
+    context_iterations: int = 0
+    context_stop: str = ""
+
+
+class ContextStage:
+    """SepME's in-context stage (`train_contexts`). It starts where the paper's stop came (so the
+    run up to there, and a concept the stage cannot improve, are the paper's) and goes on with
+    every other batch item (index (n − start)·B + j odd) a caption q naming the concept, cycling
+    through the pool, its residual against the same caption without the concept. It stops when
+    the momenta of the bare items' and of the caption items' L_cor are both below τ; after as many
+    iterations again as the paper's stop took (or at the cap) it gives up, and the paper's stop's
+    increment is kept."""
+
+    def __init__(
+        self,
+        config: SepMEConfig,
+        start: int,
+        coefs: Mapping[str, torch.Tensor],
+        lcor: float,
+        momentum: float,
+    ) -> None:
+        self.start, self.tau = start, config.tau
+        self.end = min(config.max_steps, 2 * start)
+        self.kept = {name: c.detach().cpu().clone() for name, c in coefs.items()}
+        self.kept_lcor, self.kept_m = lcor, momentum
+        self.stops = [EarlyStopper(config.alpha, config.tau, 0) for _ in range(2)]  # bare, caption
+        self.outcome = ""
+
+    def items(self, n: int, bsz: int, n_pairs: int) -> torch.Tensor:
+        """Pool index per batch item of iteration n: 0 the bare prompt, k ≥ 1 the k-th caption."""
+        g = torch.arange((n - self.start) * bsz, (n - self.start + 1) * bsz)
+        return torch.where(g % 2 == 1, 1 + (g // 2) % n_pairs, torch.zeros_like(g))
+
+    @property
+    def momentum(self) -> float:
+        """The larger momentum (the one that still has to fall below τ)."""
+        seen = [s.momentum for s in self.stops if s.n >= 0]
+        return max(seen) if seen else math.nan
+
+    def update(self, n: int, which: torch.Tensor, per_item: torch.Tensor) -> bool:
+        """Feed iteration n's per-item L_cor; True when training stops at this iteration."""
+        for stop, mask in zip(self.stops, (which == 0, which > 0), strict=True):
+            if bool(mask.any()):
+                stop.update(float(per_item[mask].mean()))
+        if all(s.n >= 1 and s.momentum < self.tau for s in self.stops):
+            self.outcome = "threshold"
+        elif n + 1 >= self.end:
+            self.outcome = "budget"
+        return bool(self.outcome)
 
 
 class EarlyStopper:
@@ -299,11 +354,8 @@ def train_sepme(
     )
     pool_c, pool_u = pool_c.to(device, udtype), pool_u.to(device, udtype)
 
-    def items(n: int) -> torch.Tensor:
-        g = torch.arange(n * bsz, (n + 1) * bsz)
-        if not pairs:
-            return torch.zeros(bsz, dtype=torch.long)
-        return torch.where(g % 2 == 1, 1 + (g // 2) % len(pairs), torch.zeros_like(g))
+    stage: ContextStage | None = None  # the in-context continuation, once the paper's stop came
+    bare_items = torch.zeros(bsz, dtype=torch.long)
 
     # batched: the increment reaches only the last bsz items (the tuned c pass)
     item_mask = torch.cat([torch.zeros(2 * bsz), torch.ones(bsz)]).to(device)
@@ -325,8 +377,8 @@ def train_sepme(
         while True:
             n = stopper.n + 1
             x_t, t_dev = draw.draw(bsz, device, udtype)
-            which = items(n).to(device)
-            e_c, e_u = pool_c[which], pool_u[which]
+            which = bare_items if stage is None else stage.items(n, bsz, len(pairs))
+            e_c, e_u = pool_c[which.to(device)], pool_u[which.to(device)]
             e_frozen = torch.cat([e_c, e_u])
             e_all = torch.cat([e_c, e_u, e_c])
 
@@ -367,7 +419,15 @@ def train_sepme(
                     hint="lower the learning rate, or train in float32",
                 )
             history.append(lcor_v)
-            stop = stopper.update(lcor_v)
+            if stage is None:
+                stop = stopper.update(lcor_v)
+                if stop and stopper.stop_reason == "threshold" and pairs:
+                    # the paper's stop: keep its increment, go on in context (ContextStage)
+                    stage = ContextStage(config, n + 1, coefs, lcor_v, stopper.momentum)
+                    stop = False
+            else:
+                per_item = (r_new * r_old).detach().flatten(1).mean(1).cpu()
+                stop = stage.update(n, which, per_item)
             if progress is not None:
                 progress(
                     StepInfo(
@@ -376,7 +436,7 @@ def train_sepme(
                         lcor_v,
                         loss_v,
                         l1_v,
-                        stopper.momentum,
+                        stopper.momentum if stage is None else stage.momentum,
                         time.perf_counter() - start,
                         stopper.tau,
                     )
@@ -388,19 +448,27 @@ def train_sepme(
             loss.backward()
             optimizer.step()
 
-    # exactly the coefficients whose forward produced the stopping L_cor
+    # exactly the coefficients whose forward produced the stopping L_cor (the paper's stop's, when
+    # the in-context stage did not reach its own)
     final_coefs = {name: c.detach().cpu() for name, c in coefs.items()}
+    final_lcor, final_m = history[-1], stopper.momentum
+    if stage is not None and stage.outcome == "budget":
+        final_coefs, final_lcor, final_m = stage.kept, stage.kept_lcor, stage.kept_m
+    elif stage is not None:
+        final_m = stage.momentum
     increment = Increment.factored(
-        basis, final_coefs, meta(len(history), reason, history[-1], config)
+        basis, final_coefs, meta(len(history), reason, final_lcor, config)
     )
     return SepMEResult(
         increment=increment,
         iterations=len(history),
         stop_reason=reason,
-        final_lcor=history[-1],
-        final_m=stopper.momentum,
+        final_lcor=final_lcor,
+        final_m=final_m,
         lcor_history=history,
         unet_passes_training=3 * bsz * len(history),
+        context_iterations=0 if stage is None else len(history) - stage.start,
+        context_stop="" if stage is None else stage.outcome,
         wall_s=time.perf_counter() - start,
         m_k=m_k,
         concept_null_fraction=null_fraction,
@@ -587,6 +655,11 @@ def result_stats(r: SepMEResult) -> dict[str, Any]:
         "concept_null_fraction": r.concept_null_fraction,
         "kv_gap_left": r.cf_gap_left,
         "lcor_start": sum(r.lcor_history[:10]) / max(1, len(r.lcor_history[:10])),
+        **(
+            {"context_iterations": r.context_iterations, "context_stop": r.context_stop}
+            if r.context_stop
+            else {}
+        ),
     }
 
 
