@@ -13,8 +13,8 @@ gradients (the tuned ∅ prediction equals the frozen one because "" ∈ E_k, so
     L_cor = mean(r_new ⊙ r_old)             L = L_cor + λ · Σ_ℓ ‖ΔW_ℓ‖₁ / M
 
 ("ε" is the raw UNet output: noise, or v for v-prediction models — the quantity classifier-free
-guidance combines.) In context (`train_contexts`, a pool of captions; the toy profile's: its 139
-captions), the run goes on after the paper's stop (`ContextStage`): every other batch item is a
+guidance combines.) In context (`train_contexts`, a pool of captions; opt-in on every base,
+docs/method.md §4), the run goes on after the paper's stop (`ContextStage`): every other batch item is a
 caption q naming the concept (cycling through those of the pool) instead of c, its residual taken
 against q without the concept rather than ∅,
 
@@ -24,8 +24,8 @@ until the bare items' and the caption items' momenta are both below τ, or, afte
 iterations again, it keeps the paper's stop's increment. So the iterations also decorrelate the
 concept where a user names it among other words (the bare loss alone left the toy's yellow in
 15 % of the full prompts naming it, against 9 % chance), and a concept whose stage does not
-reach its stop keeps the paper's result. Opt-in on every base (docs/method.md §4). ΔW stays C·β·S_k: separability does not depend on
-what the loss sees. Early stopping on the momentum m_n of L_cor (`EarlyStopper`); the stopping
+reach its stop keeps the paper's result. ΔW stays C·β·S_k: separability does not depend on what
+the loss sees. Early stopping on the momentum m_n of L_cor (`EarlyStopper`); the stopping
 test runs *before* the optimiser step, so the returned increment is exactly the C that produced
 the stopping L_cor. Adam on C only, gradients zeroed every step. The frozen UNet may be in
 bf16/fp16; C, ΔW and the loss are float32. All randomness comes from one CPU torch.Generator
@@ -345,13 +345,13 @@ def train_sepme(
     draw = NoisedDraw(pipe, latents, config.seed)
     udtype = unet.dtype
     bsz = config.batch_size
-    # item j of iteration n: the bare prompt against "", or with `train_contexts` every other
-    # item (global index n·B + j odd) a caption naming the concept against it without the concept
-    pairs = context_rows(prompt, config.train_contexts, "")[0] if config.train_contexts else []
-    pool_c = torch.cat([emb_c, *([encode_prompts(pipe, [q for q, _ in pairs])] if pairs else [])])
-    pool_u = torch.cat(
-        [emb_preserve[:1], *([encode_prompts(pipe, [q for _, q in pairs])] if pairs else [])]
-    )
+    # the items' prompts: index 0 the bare prompt against "", k ≥ 1 (the in-context stage only)
+    # the k-th caption naming the concept against it without the concept
+    pairs = context_rows(prompt, config.train_contexts, "")[0]
+    pool_c, pool_u = emb_c, emb_preserve[:1]
+    if pairs:
+        pool_c = torch.cat([pool_c, encode_prompts(pipe, [q for q, _ in pairs])])
+        pool_u = torch.cat([pool_u, encode_prompts(pipe, [q for _, q in pairs])])
     pool_c, pool_u = pool_c.to(device, udtype), pool_u.to(device, udtype)
 
     stage: ContextStage | None = None  # the in-context continuation, once the paper's stop came
